@@ -1,0 +1,21 @@
+//! Legacy PC devices: 8250 serial, i8042 (for reset) and gureum's boot-timer port.
+
+mod boot_timer;
+mod i8042;
+mod serial;
+
+pub use boot_timer::{BootTimer, BootTimerEvent};
+pub use i8042::I8042;
+pub use serial::{Serial, SerialInput};
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// An eventfd that vm-superio devices signal (an interrupt line, a reset request).
+pub struct EventFdTrigger(pub EventFd);
+
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}

@@ -1,0 +1,86 @@
+//! Command-line interface (clap derive). Parsing only: `main` turns these into config.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gureum",
+    version,
+    about = "A KVM microVM monitor: boot Linux guests in lightweight VMs",
+    long_about = "gureum boots guest kernels in KVM microVMs with a serial console on your \
+                  terminal.\n\nStart with `gureum host-check` to see what this host's KVM can do, \
+                  then `gureum boot` (with no arguments it boots the default guest built by \
+                  guest-kernels/build.sh)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest kernel; its serial console is this terminal (output on stdout, keys from
+    /// stdin). Exits 0 when the guest powers off or resets, 3 if it crashes, 124 on --timeout.
+    Boot(BootArgs),
+    /// Say what this host's KVM is (hardware or PVM), what gureum uses, and how fast guests run.
+    HostCheck {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks that print numbers, never pass/fail.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BootArgs {
+    /// Guest kernel: an ELF vmlinux or a bzImage (detected from the file).
+    /// Default: the guest built by guest-kernels/build.sh, with its initramfs.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio, optionally compressed) placed where the boot protocol requires.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "ARGS", default_value = None,
+          long_help = concat!("Kernel command line. Default: \"", "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet", "\""))]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u64>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// JSON config in Firecracker's --config-file schema (boot-source, machine-config).
+    /// Flags given here override the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stop the guest after this many seconds and exit 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Print boot phases (microseconds since start) and memory use on stderr at exit.
+    #[arg(long)]
+    pub phases: bool,
+    /// Boot a Linux kernel even on a PVM host, where its userspace cannot run.
+    #[arg(long)]
+    pub allow_pvm_linux: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Boot a guest N times and print min / median / p95 of each boot phase and of the VMM's
+    /// own memory; with qemu-system-x86_64 installed, the same guest under QEMU microvm too.
+    Boot {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Skip the QEMU comparison.
+        #[arg(long)]
+        no_qemu: bool,
+    },
+}

@@ -1,0 +1,206 @@
+//! `gureum host-check`: what this host's KVM is, what gureum will use, and how fast guest code
+//! runs here — measured with a few bytes of real-mode guest code, not guessed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Cap, Kvm, VcpuExit};
+use serde::Serialize;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm (is KVM enabled, and may this user open it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM: cannot {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("probe guest: {0}")]
+    Probe(String),
+}
+
+/// What kind of KVM serves /dev/kvm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvmKind {
+    /// Intel VT-x or AMD-V: guest kernels run natively.
+    Hardware,
+    /// PVM (kvm_pvm): shadow paging, guest CPL0 code emulated; no Linux guest userspace.
+    Pvm,
+    Unknown,
+}
+
+/// The loaded KVM module, from sysfs.
+pub fn kvm_kind() -> (KvmKind, &'static str) {
+    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
+    if loaded("kvm_pvm") {
+        (KvmKind::Pvm, "kvm_pvm")
+    } else if loaded("kvm_intel") {
+        (KvmKind::Hardware, "kvm_intel")
+    } else if loaded("kvm_amd") {
+        (KvmKind::Hardware, "kvm_amd")
+    } else {
+        (KvmKind::Unknown, "unknown")
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kind: KvmKind,
+    pub module: &'static str,
+    pub api_version: i32,
+    pub max_vcpus: usize,
+    pub capabilities: Vec<(&'static str, bool)>,
+    /// Nanoseconds per iteration of a `dec; jnz` loop in guest kernel mode.
+    pub guest_loop_ns: f64,
+    /// Microseconds for one port-I/O exit to gureum and back.
+    pub exit_round_trip_us: f64,
+    pub linux_userspace: bool,
+}
+
+pub fn check() -> Result<Report, Error> {
+    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    let (kind, module) = kvm_kind();
+    let caps = [
+        ("in-kernel irqchip", Cap::Irqchip),
+        ("in-kernel PIT", Cap::Pit2),
+        ("irqfd", Cap::Irqfd),
+        ("ioeventfd", Cap::Ioeventfd),
+        ("immediate exit", Cap::ImmediateExit),
+        ("TSC deadline timer", Cap::TscDeadlineTimer),
+    ];
+    let capabilities = caps
+        .iter()
+        .map(|(n, c)| (*n, kvm.check_extension(*c)))
+        .collect();
+    let (short, _) = probe(&kvm, 1, 0)?;
+    let iterations = 20_000;
+    let (long, _) = probe(&kvm, iterations, 0)?;
+    let guest_loop_ns = long.saturating_sub(short).as_nanos() as f64 / f64::from(iterations);
+    let exits = 200;
+    let (with_exits, _) = probe(&kvm, 1, exits)?;
+    let exit_round_trip_us =
+        with_exits.saturating_sub(short).as_nanos() as f64 / 1e3 / f64::from(exits);
+    Ok(Report {
+        kind,
+        module,
+        api_version: kvm.get_api_version(),
+        max_vcpus: kvm.get_max_vcpus(),
+        capabilities,
+        guest_loop_ns,
+        exit_round_trip_us,
+        linux_userspace: kind != KvmKind::Pvm,
+    })
+}
+
+/// Run a real-mode guest that spins `loops` times, then exits to us `exits` times through port
+/// 0x80, then halts. Returns the time from first entry to the halt.
+fn probe(kvm: &Kvm, loops: u32, exits: u16) -> Result<(Duration, u32), Error> {
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("create a probe VM", e))?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])
+        .map_err(|e| Error::Probe(e.to_string()))?;
+    let mut code = vec![0x66, 0xb9];
+    code.extend_from_slice(&loops.to_le_bytes()); //    mov ecx, loops
+    code.extend_from_slice(&[0x66, 0x49, 0x75, 0xfc]); // l: dec ecx; jnz l
+    code.push(0xb9); //                                   mov cx, exits
+    code.extend_from_slice(&exits.max(1).to_le_bytes());
+    code.extend_from_slice(&[0xe6, 0x80, 0x49, 0x75, 0xfb]); // m: out 0x80, al; dec cx; jnz m
+    code.push(0xf4); //                                   hlt
+    mem.write_slice(&code, GuestAddress(0x1000))
+        .map_err(|e| Error::Probe(e.to_string()))?;
+    let region = mem
+        .iter()
+        .next()
+        .ok_or_else(|| Error::Probe("no memory".into()))?;
+    let host = region
+        .get_host_address(vm_memory::MemoryRegionAddress(0))
+        .map_err(|e| Error::Probe(e.to_string()))?;
+    let slot = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: 0x10000,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: `mem` outlives `vm`: both are dropped at the end of this function, vm first.
+    unsafe { vm.set_user_memory_region(slot) }.map_err(|e| Error::Kvm("map probe memory", e))?;
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| Error::Kvm("create a probe vCPU", e))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| Error::Kvm("read probe sregs", e))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| Error::Kvm("set probe sregs", e))?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: 0x1000,
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| Error::Kvm("set probe regs", e))?;
+    let start = Instant::now();
+    let mut seen = 0;
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(..)) => seen += 1,
+            Ok(VcpuExit::Hlt) => return Ok((start.elapsed(), seen)),
+            Ok(other) => return Err(Error::Probe(format!("unexpected exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => return Err(Error::Kvm("run the probe", e)),
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            KvmKind::Hardware => "hardware-assisted (VT-x / AMD-V)",
+            KvmKind::Pvm => {
+                "PVM (software virtualization: shadow paging, guest kernel code emulated)"
+            }
+            KvmKind::Unknown => "unknown (no kvm_intel, kvm_amd or kvm_pvm module seen)",
+        };
+        writeln!(
+            f,
+            "KVM:           {kind}, module {}, API {}",
+            self.module, self.api_version
+        )?;
+        writeln!(f, "max vCPUs:     {}", self.max_vcpus)?;
+        for (name, ok) in &self.capabilities {
+            writeln!(
+                f,
+                "  {:<18} {}",
+                name,
+                if *ok { "yes (used)" } else { "no" }
+            )?;
+        }
+        writeln!(
+            f,
+            "guest speed:   {:.1} ns per kernel-mode loop iteration (about {:.0} M instructions/s)",
+            self.guest_loop_ns,
+            2e3 / self.guest_loop_ns.max(1e-3)
+        )?;
+        writeln!(
+            f,
+            "exit cost:     {:.1} us per port-I/O exit to gureum and back",
+            self.exit_round_trip_us
+        )?;
+        match self.kind {
+            KvmKind::Pvm => write!(
+                f,
+                "expect:        the test guest boots in milliseconds; a Linux guest's kernel is \
+                 emulated for minutes and its userspace cannot run (a guest syscall faults), so \
+                 `gureum boot` refuses Linux kernels here unless --allow-pvm-linux"
+            ),
+            _ => write!(
+                f,
+                "expect:        Linux guests boot to init in about 100 ms"
+            ),
+        }
+    }
+}

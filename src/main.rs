@@ -1,0 +1,165 @@
+//! gureum: a KVM microVM monitor. `main` is the only place that prints an error and picks the
+//! exit code.
+
+mod arch;
+mod bench;
+mod cli;
+mod config;
+mod event_loop;
+mod host_check;
+mod loader;
+mod phases;
+mod term;
+mod vcpu;
+mod vmm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::cli::{BenchCommand, BootArgs, Cli, Command};
+use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
+use crate::host_check::KvmKind;
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error(transparent)]
+    HostCheck(#[from] host_check::Error),
+    #[error(transparent)]
+    Bench(#[from] bench::Error),
+    #[error("--timeout must be a positive number of seconds, not {0}")]
+    Timeout(f64),
+    #[error(
+        "this host's KVM is PVM (kvm_pvm): a Linux guest's userspace cannot run here and its \
+         kernel takes minutes under emulation; pass --allow-pvm-linux to boot it anyway"
+    )]
+    PvmLinux,
+    #[error(
+        "no kernel given and the default guest is not built: run guest-kernels/build.sh, or pass --kernel"
+    )]
+    NoDefaultGuest,
+}
+
+/// One line: the error and each cause after it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+fn main() {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let code = match run(cli.command, start) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gureum: {}", chain(&e));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(command: Command, start: Instant) -> Result<i32, Error> {
+    match command {
+        Command::Boot(args) => boot(&args, start),
+        Command::HostCheck { json } => {
+            let report = host_check::check()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                println!("{report}");
+            }
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Boot {
+            boot,
+            runs,
+            no_qemu,
+        }) => {
+            let config = resolve_config(&boot)?;
+            println!("{}", bench::boot(&config, runs, !no_qemu)?);
+            Ok(0)
+        }
+    }
+}
+
+/// Where guest-kernels/build.sh leaves the default guest.
+pub fn default_guest() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
+    let dir = PathBuf::from(cache).join("default");
+    (dir.join("vmlinux"), dir.join("initramfs.cpio"))
+}
+
+/// Defaults < config file < flags, validated.
+fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
+    let file = match &args.config {
+        Some(path) => FirecrackerConfig::from_file(path)?.into(),
+        None => VmOverrides::default(),
+    };
+    let mut flags = VmOverrides {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+    };
+    if flags.kernel.is_none() && file.kernel.is_none() {
+        let (kernel, initrd) = default_guest();
+        if !kernel.exists() || !initrd.exists() {
+            return Err(Error::NoDefaultGuest);
+        }
+        flags.kernel = Some(kernel);
+        flags.initrd = flags.initrd.or(Some(initrd));
+    }
+    Ok(file.overridden_by(flags).into_config()?)
+}
+
+fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
+    let config = resolve_config(args)?;
+    let timeout = args
+        .timeout
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(Error::Timeout(s))
+        })
+        .transpose()?;
+    let (_, is_linux) = loader::identify(&config.kernel)?;
+    if is_linux && host_check::kvm_kind().0 == KvmKind::Pvm {
+        if !args.allow_pvm_linux {
+            return Err(Error::PvmLinux);
+        }
+        eprintln!(
+            "gureum: warning: PVM host: this Linux guest's kernel runs emulated and its userspace cannot run"
+        );
+    }
+    let mut phases = phases::Phases::new(start);
+    let vmm = vmm::Vmm::try_from(&config)?;
+    let raw_terminal = term::RawTerminal::enable(0);
+    let outcome = vmm.run(timeout, &mut phases)?;
+    drop(raw_terminal);
+    if outcome.exit_code() != 0 {
+        eprintln!("gureum: {outcome}");
+    }
+    if args.phases {
+        eprintln!("{}", phases.report());
+    }
+    Ok(outcome.exit_code())
+}

@@ -1,0 +1,88 @@
+//! Boot phase timestamps, reported in microseconds since gureum's `main` started.
+
+use std::fmt::Write;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Phases {
+    pub start: Instant,
+    /// The VM is built: memory, kernel, devices, vCPUs configured.
+    pub vm_built: Option<Instant>,
+    /// vCPU 0 is about to enter the guest for the first time.
+    pub first_entry: Option<Instant>,
+    /// The guest's first write to the boot-timer port.
+    pub boot_timer: Option<Instant>,
+    /// gureum saw the guest stop (or the run end otherwise).
+    pub shutdown: Option<Instant>,
+    /// Bytes of guest memory the guest touched.
+    pub guest_touched: Option<u64>,
+}
+
+impl Phases {
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            vm_built: None,
+            first_entry: None,
+            boot_timer: None,
+            shutdown: None,
+            guest_touched: None,
+        }
+    }
+
+    fn us(&self, at: Option<Instant>) -> String {
+        at.map_or("-".into(), |t| {
+            t.duration_since(self.start).as_micros().to_string()
+        })
+    }
+
+    /// One line: `gureum-phases vm_built=812 first_entry=840 ... vmm_rss_kib=1600`.
+    /// Memory: the process's RSS, guest pages touched, and the VMM's own share (the difference).
+    pub fn report(&self) -> String {
+        let mut s = String::from("gureum-phases");
+        for (name, at) in [
+            ("vm_built", self.vm_built),
+            ("first_entry", self.first_entry),
+            ("boot_timer", self.boot_timer),
+            ("shutdown", self.shutdown),
+            ("exit", Some(Instant::now())),
+        ] {
+            let _ = write!(s, " {name}_us={}", self.us(at));
+        }
+        let rss = rss_kib();
+        let touched = self.guest_touched.map(|b| b / 1024);
+        if let (Some(rss), Some(touched)) = (rss, touched) {
+            let _ = write!(
+                s,
+                " rss_kib={rss} guest_touched_kib={touched} vmm_kib={}",
+                rss.saturating_sub(touched)
+            );
+        }
+        s
+    }
+}
+
+/// This process's resident set, from /proc/self/status.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn report_lists_every_phase_in_order() {
+        let start = Instant::now();
+        let mut p = Phases::new(start);
+        p.vm_built = Some(start + Duration::from_micros(900));
+        p.guest_touched = Some(8 << 20);
+        let r = p.report();
+        assert!(r.starts_with("gureum-phases vm_built_us=900 first_entry_us=- boot_timer_us=-"));
+        assert!(r.contains("guest_touched_kib=8192"), "{r}");
+        assert!(r.contains(" exit_us="), "{r}");
+    }
+}

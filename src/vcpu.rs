@@ -1,0 +1,185 @@
+//! vCPU threads. Each runs KVM_RUN in a loop and dispatches port I/O and MMIO exits through the
+//! buses; how the guest ended is reported once, through [`GuestExit`].
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use gureum_devices::{Bus, bus::lock};
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{cpuid, regs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    #[error("cannot set the CPUID of vCPU {0}")]
+    Cpuid(u8, #[source] kvm_ioctls::Error),
+    #[error("cannot set up vCPU {0}")]
+    Setup(u8, #[source] regs::Error),
+    #[error("cannot start the thread of vCPU {0}")]
+    Spawn(u8, #[source] std::io::Error),
+}
+
+/// How the guest ended, as seen by a vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest asked for a reset or power-off (KVM system event, triple fault, or HLT with
+    /// no in-kernel interrupt controller to wake it).
+    Stopped(&'static str),
+    /// The guest or KVM failed in a way the guest cannot recover from.
+    Crashed(String),
+}
+
+/// The first [`GuestExit`] reported wins; reporting wakes the event loop.
+pub struct ExitSlot {
+    reason: Mutex<Option<GuestExit>>,
+    pub evt: EventFd,
+}
+
+impl ExitSlot {
+    pub fn new(evt: EventFd) -> Self {
+        Self {
+            reason: Mutex::new(None),
+            evt,
+        }
+    }
+
+    pub fn report(&self, exit: GuestExit) {
+        lock(&self.reason).get_or_insert(exit);
+        // The reason is recorded; a failed wake-up leaves the VM's timeout to end the run.
+        let _ = self.evt.write(1);
+    }
+
+    pub fn reason(&self) -> Option<GuestExit> {
+        lock(&self.reason).clone()
+    }
+}
+
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitSlot>,
+}
+
+impl Vcpu {
+    /// Create vCPU `id` of `count` with its boot state: CPUID, MSRs, long mode at `entry`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: &VmFd,
+        supported_cpuid: &CpuId,
+        id: u8,
+        count: u8,
+        entry: GuestAddress,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSlot>,
+    ) -> Result<Self, Error> {
+        let fd = vm
+            .create_vcpu(id.into())
+            .map_err(|e| Error::Create(id, e))?;
+        fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, count))
+            .map_err(|e| Error::Cpuid(id, e))?;
+        let setup = |e| Error::Setup(id, e);
+        regs::setup_msrs(&fd).map_err(setup)?;
+        regs::setup_regs(&fd, entry).map_err(setup)?;
+        regs::setup_fpu(&fd).map_err(setup)?;
+        regs::setup_sregs(&fd).map_err(setup)?;
+        regs::setup_lint(&fd).map_err(setup)?;
+        Ok(Self {
+            id,
+            fd,
+            pio,
+            mmio,
+            exit,
+        })
+    }
+
+    /// Run on a thread of its own until the guest stops or crashes.
+    pub fn start(mut self, first_entry: Arc<OnceLock<Instant>>) -> Result<(), Error> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || {
+                if self.id == 0 {
+                    first_entry.get_or_init(Instant::now);
+                }
+                let exit = self.run();
+                self.exit.report(exit);
+            })
+            .map(drop)
+            .map_err(|e| Error::Spawn(id, e))
+    }
+
+    fn run(&mut self) -> GuestExit {
+        loop {
+            let exit = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !self.pio.read(port.into(), data) {
+                        data.fill(0xff);
+                    }
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(port.into(), data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::Hlt) => GuestExit::Stopped("halted"),
+                Ok(VcpuExit::Shutdown) => GuestExit::Stopped("triple fault (reset)"),
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::Stopped("power-off"),
+                    KVM_SYSTEM_EVENT_RESET => GuestExit::Stopped("reset"),
+                    KVM_SYSTEM_EVENT_CRASH => {
+                        GuestExit::Crashed("the guest reported a crash".into())
+                    }
+                    other => GuestExit::Crashed(format!("unknown system event {other}")),
+                },
+                Ok(VcpuExit::FailEntry(reason, cpu)) => GuestExit::Crashed(format!(
+                    "KVM could not enter vCPU {} (hardware reason {reason:#x}, cpu {cpu})",
+                    self.id
+                )),
+                Ok(VcpuExit::InternalError) => GuestExit::Crashed(self.internal_error()),
+                Ok(VcpuExit::Intr | VcpuExit::IrqWindowOpen) => continue,
+                Ok(other) => GuestExit::Crashed(format!("unexpected VM exit {other:?}")),
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => continue,
+                Err(e) => GuestExit::Crashed(format!("KVM_RUN failed on vCPU {}: {e}", self.id)),
+            };
+            return exit;
+        }
+    }
+
+    /// Describe a KVM internal error, with where the guest was.
+    fn internal_error(&mut self) -> String {
+        // SAFETY: KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member
+        // of the exit union.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let what = match suberror {
+            1 => "emulation failure",
+            2 => "simultaneous exceptions",
+            3 => "delivery event",
+            _ => "internal error",
+        };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
+        format!(
+            "KVM internal error on vCPU {}: {what} at rip {rip:#x}",
+            self.id
+        )
+    }
+}

@@ -1,0 +1,297 @@
+//! Builds a VM from a [`VmConfig`] and runs it: guest memory, the kernel and its boot
+//! structures, legacy devices behind the port I/O bus, vCPU threads, and the event loop.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use gureum_devices::bus::lock;
+use gureum_devices::legacy::{BootTimer, EventFdTrigger, I8042, Serial, SerialInput};
+use gureum_devices::{Bus, BusError};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::x86_64::{layout::*, mptable, regs, zero_page};
+use crate::config::VmConfig;
+use crate::event_loop::{ConsoleInput, ExitWatcher, Outcome, block_exit_signals};
+use crate::loader::{self, LoadedKernel};
+use crate::phases::Phases;
+use crate::vcpu::{self, ExitSlot, Vcpu};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm (is KVM enabled, and may this user open it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("this host's KVM lacks a capability gureum needs: {0}")]
+    MissingCapability(&'static str),
+    #[error("this host's KVM allows at most {max} vCPUs; {asked} were asked for")]
+    TooManyVcpus { asked: u8, max: usize },
+    #[error("KVM: cannot {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("cannot map {0} MiB of guest memory on this host")]
+    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error("cannot write the zero page")]
+    ZeroPage(#[from] zero_page::Error),
+    #[error("cannot write the boot tables")]
+    BootTables(#[from] regs::Error),
+    #[error("cannot write the MP table")]
+    MpTable(#[from] mptable::Error),
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    #[error("cannot set up the console")]
+    Console(#[source] std::io::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error("event loop")]
+    EventLoop(#[source] event_manager::Error),
+}
+
+type ConsoleOut = File;
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    memory: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    serial_ready: EventFd,
+    i8042_reset: EventFd,
+    exit: Arc<ExitSlot>,
+    boot_timer: BootTimer,
+    pub kernel: LoadedKernel,
+}
+
+struct LegacyDevices {
+    serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    serial_ready: EventFd,
+    i8042_reset: EventFd,
+    boot_timer: BootTimer,
+}
+
+impl TryFrom<&VmConfig> for Vmm {
+    type Error = Error;
+
+    fn try_from(cfg: &VmConfig) -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        check_host(&kvm, cfg.vcpus)?;
+        let vm = kvm.create_vm().map_err(|e| Error::Kvm("create a VM", e))?;
+        let memory = create_guest_memory(cfg.memory_mib)?;
+        register_guest_memory(&vm, &memory)?;
+        create_irqchip(&vm)?;
+
+        let kernel = loader::load_kernel(&memory, &cfg.kernel)?;
+        let initrd = match &cfg.initrd {
+            Some(path) => Some(loader::load_initrd(&memory, path, &kernel)?),
+            None => None,
+        };
+        let cmdline_len = loader::load_cmdline(&memory, &cfg.cmdline, &kernel)?;
+        zero_page::write(
+            &memory,
+            kernel.setup_header,
+            cmdline_len,
+            initrd,
+            cfg.memory_mib << 20,
+        )?;
+        regs::write_boot_tables(&memory)?;
+        mptable::setup(&memory, cfg.vcpus)?;
+
+        let mut pio = Bus::new();
+        let legacy = attach_legacy_devices(&vm, &mut pio)?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+        let exit = Arc::new(ExitSlot::new(eventfd()?));
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::Kvm("read the supported CPUID", e))?;
+        let vcpus = (0..cfg.vcpus)
+            .map(|id| {
+                let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
+                Vcpu::new(&vm, &cpuid, id, cfg.vcpus, kernel.entry, pio, mmio, exit)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Vmm {
+            _kvm: kvm,
+            _vm: vm,
+            memory,
+            vcpus,
+            serial: legacy.serial,
+            serial_ready: legacy.serial_ready,
+            i8042_reset: legacy.i8042_reset,
+            exit,
+            boot_timer: legacy.boot_timer,
+            kernel,
+        })
+    }
+}
+
+fn check_host(kvm: &Kvm, vcpus: u8) -> Result<(), Error> {
+    let caps = [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::Pit2, "in-kernel PIT"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::UserMemory, "user memory regions"),
+        (Cap::SetTssAddr, "TSS address"),
+    ];
+    if let Some((_, name)) = caps.iter().find(|(cap, _)| !kvm.check_extension(*cap)) {
+        return Err(Error::MissingCapability(name));
+    }
+    let max = kvm.get_max_vcpus();
+    if usize::from(vcpus) > max {
+        return Err(Error::TooManyVcpus { asked: vcpus, max });
+    }
+    Ok(())
+}
+
+fn eventfd() -> Result<EventFd, Error> {
+    EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
+}
+
+fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, Error> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mib << 20)
+        .into_iter()
+        .map(|(start, len)| {
+            (
+                GuestAddress(start),
+                usize::try_from(len).unwrap_or(usize::MAX),
+            )
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(mib, e))
+}
+
+fn register_guest_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), Error> {
+    for (slot, region) in (0u32..).zip(memory.iter()) {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| Error::Kvm("find guest memory", kvm_ioctls::Error::new(libc::EFAULT)))?;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region maps memory owned by `memory`, which lives as long as the VM
+        // (both are fields of the Vmm, and the process exits when the VM ends).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| Error::Kvm("register guest memory", e))?;
+    }
+    Ok(())
+}
+
+fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| Error::Kvm("set the TSS address", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| Error::Kvm("create the in-kernel irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::Kvm("create the in-kernel PIT", e))
+}
+
+/// 8250 serial on IRQ 4 (console), the i8042 (reset) and the boot-timer port.
+fn attach_legacy_devices(vm: &VmFd, pio: &mut Bus) -> Result<LegacyDevices, Error> {
+    let serial_irq = eventfd()?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|e| Error::Kvm("register the serial IRQ", e))?;
+    let serial_ready = eventfd()?;
+    let ready_for_device = serial_ready.try_clone().map_err(Error::EventFd)?;
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(Error::Console)?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        EventFdTrigger(serial_irq),
+        SerialInput::new(ready_for_device),
+        File::from(stdout),
+    )));
+    pio.insert(SERIAL_PORT, SERIAL_PORT_LEN, serial.clone())?;
+
+    let i8042_reset = eventfd()?;
+    let reset_trigger = EventFdTrigger(i8042_reset.try_clone().map_err(Error::EventFd)?);
+    pio.insert(
+        I8042_PORT,
+        I8042_PORT_LEN,
+        Arc::new(Mutex::new(I8042::new(reset_trigger))),
+    )?;
+
+    let boot_timer = BootTimer::new();
+    pio.insert(BOOT_TIMER_PORT, 1, Arc::new(Mutex::new(boot_timer.clone())))?;
+    Ok(LegacyDevices {
+        serial,
+        serial_ready,
+        i8042_reset,
+        boot_timer,
+    })
+}
+
+impl Vmm {
+    /// Start the vCPUs and serve events until the guest stops, crashes, times out or a signal
+    /// arrives.
+    pub fn run(self, timeout: Option<Duration>, phases: &mut Phases) -> Result<Outcome, Error> {
+        let signals = block_exit_signals().map_err(Error::EventFd)?;
+        let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(Error::EventLoop)?;
+        let watcher = ExitWatcher::new(self.exit.clone(), self.i8042_reset, signals, timeout)
+            .map_err(Error::EventFd)?;
+        let outcome = watcher.outcome.clone();
+        events.add_subscriber(Arc::new(Mutex::new(watcher)));
+        let console = ConsoleInput::new(self.serial.clone(), self.serial_ready);
+        events.add_subscriber(Arc::new(Mutex::new(console)));
+
+        phases.vm_built = Some(Instant::now());
+        let first_entry = Arc::new(OnceLock::new());
+        for vcpu in self.vcpus {
+            vcpu.start(first_entry.clone())?;
+        }
+        let outcome = loop {
+            match events.run() {
+                Ok(_) => {}
+                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+                Err(e) => return Err(Error::EventLoop(e)),
+            }
+            if let Some(outcome) = lock(&outcome).clone() {
+                break outcome;
+            }
+        };
+        phases.shutdown = Some(Instant::now());
+        phases.first_entry = first_entry.get().copied();
+        phases.boot_timer = self.boot_timer.events().first().map(|e| e.at);
+        phases.guest_touched = Some(touched_bytes(&self.memory));
+        Ok(outcome)
+    }
+}
+
+/// Bytes of guest memory the guest has touched (resident in the host).
+fn touched_bytes(memory: &GuestMemoryMmap) -> u64 {
+    const PAGE: usize = 4096;
+    let mut total = 0u64;
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = usize::try_from(region.len()).unwrap_or(0);
+        let mut vec = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: `host..host+len` is one live mapping owned by `memory`; `vec` has one byte
+        // per page of it, as mincore requires.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
+        }
+    }
+    total
+}
