@@ -47,13 +47,17 @@ enum Error {
     NoDefaultGuest,
 }
 
-/// One line: the error and each cause after it.
+/// One line: the error and each cause after it (skipping causes whose text some crates already
+/// fold into their own message).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         cause = c.source();
     }
     line

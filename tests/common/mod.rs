@@ -1,0 +1,156 @@
+//! Shared harness: build the test guest once, spawn the real gureum binary with a deadline,
+//! capture its console, and kill it if it overstays.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const GUREUM: &str = env!("CARGO_BIN_EXE_gureum");
+
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The test guest's ELF, built once per test binary by its own build script.
+pub fn test_guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-kernels/test-guest/build.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("run the test guest's build.sh");
+        assert!(
+            out.status.success(),
+            "test guest build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(
+            path.lines()
+                .last()
+                .expect("build.sh prints the guest's path"),
+        )
+    })
+}
+
+/// Whether this host has KVM. Where it does, KVM tests always run.
+pub fn kvm_available() -> bool {
+    Path::new("/dev/kvm").exists()
+}
+
+/// Skip (with the reason printed) only where there is no /dev/kvm at all.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !common::kvm_available() {
+            eprintln!("skipped: this host has no /dev/kvm");
+            return;
+        }
+    };
+}
+
+pub fn spawn(args: &[&str], stdin: Option<&[u8]>) -> Child {
+    let mut child = Command::new(GUREUM)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gureum");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+    }
+    child
+}
+
+/// Wait for `child` up to `deadline`; kill it past that. Collects its output.
+pub fn finish(mut child: Child, deadline: Duration) -> Output {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let read = |r: Option<&mut dyn std::io::Read>| {
+        let mut s = String::new();
+        if let Some(r) = r {
+            let _ = r.read_to_string(&mut s);
+        }
+        s
+    };
+    let stdout = read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
+    let stderr = read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+    assert!(
+        status.is_some(),
+        "gureum did not finish within {deadline:?}\n{stdout}\n{stderr}"
+    );
+    Output {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+        elapsed,
+    }
+}
+
+/// Run gureum to completion (30 s at most).
+pub fn gureum(args: &[&str]) -> Output {
+    finish(spawn(args, None), Duration::from_secs(30))
+}
+
+/// Boot the test guest with `extra` flags.
+pub fn boot_test_guest(extra: &[&str]) -> Output {
+    let kernel = test_guest().to_str().unwrap().to_string();
+    let mut args = vec!["boot", "--kernel", &kernel];
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "20"]);
+    }
+    args.extend_from_slice(extra);
+    gureum(&args)
+}
+
+/// A unique scratch directory under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gureum-test-{}-{name}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A token no run could print by accident.
+pub fn token() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("tok{}x{}", t.as_nanos() % 1_000_000_007, std::process::id())
+}

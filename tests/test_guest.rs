@@ -1,0 +1,256 @@
+//! The test guest booted from the CLI as a user would: what gureum sets up (entry, command line,
+//! vCPUs, memory map, console input, reset) is checked from what the guest itself reports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{boot_test_guest, finish, spawn, test_guest};
+
+fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn elf_entry_gets_its_cmdline_and_reset_exits_zero() {
+    require_kvm!();
+    let token = common::token();
+    let out = boot_test_guest(&["--cmdline", &format!("quiet token={token}")]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.starts_with("gureum-test-guest: hello\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("cmdline: quiet token={token}\n")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&format!("token: {token}\n")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.ends_with("gureum-test-guest: reset\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "a clean run prints nothing on stderr: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn every_vcpu_is_in_the_mp_table() {
+    require_kvm!();
+    for vcpus in [1u8, 2, 4] {
+        let out = boot_test_guest(&["--vcpus", &vcpus.to_string()]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let ids: Vec<String> = (0..vcpus).map(|i| i.to_string()).collect();
+        let want = format!("cpus: {vcpus} apic-ids: {}", ids.join(" "));
+        assert_eq!(
+            lines_with(&out.stdout, "cpus:"),
+            vec![want.as_str()],
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+/// The e820 map the guest reads, computed here from the x86 layout: low RAM up to the EBDA,
+/// the EBDA and BIOS area reserved, RAM from 1 MiB, split at 3 GiB around the MMIO gap.
+fn expected_e820(mib: u64) -> (Vec<String>, u64) {
+    let size = mib << 20;
+    let mut ranges = vec![(0u64, 0x9fc00u64, "ram"), (0x9fc00, 0x10_0000, "reserved")];
+    let gap = 3u64 << 30;
+    ranges.push((0x10_0000, size.min(gap), "ram"));
+    if size > gap {
+        ranges.push((1 << 32, (1 << 32) + size - gap, "ram"));
+    }
+    let ram = ranges
+        .iter()
+        .filter(|r| r.2 == "ram")
+        .map(|r| r.1 - r.0)
+        .sum::<u64>();
+    let lines = ranges
+        .iter()
+        .map(|(s, e, k)| format!("e820: {s:#x}-{e:#x} {k}"))
+        .collect();
+    (lines, ram)
+}
+
+#[test]
+fn memory_sizes_give_the_right_e820_map() {
+    require_kvm!();
+    for mib in [64u64, 512, 2048, 4096] {
+        let out = boot_test_guest(&["--memory", &mib.to_string()]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let (want, ram) = expected_e820(mib);
+        assert_eq!(
+            lines_with(&out.stdout, "e820:"),
+            want,
+            "{mib} MiB: {}",
+            out.describe()
+        );
+        assert!(
+            out.stdout.contains(&format!("ram: {} KiB\n", ram >> 10)),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            !out.stdout.contains("does not hold a value"),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn console_input_reaches_the_guest() {
+    require_kvm!();
+    let kernel = test_guest().to_str().unwrap();
+    let line = format!("hello-from-the-host-{}", common::token());
+    // More than the 64-byte receive FIFO, so input has to wait for the guest to drain it.
+    let line = format!("{line}-{}", "x".repeat(60));
+    assert!(
+        line.len() > 64 && line.len() < 128,
+        "above the FIFO, within the guest's buffer"
+    );
+    let args = [
+        "boot",
+        "--kernel",
+        kernel,
+        "--cmdline",
+        "scenario=echo",
+        "--timeout",
+        "20",
+    ];
+    let out = finish(
+        spawn(&args, Some(format!("{line}\n").as_bytes())),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!("echo: {line}\n")),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn firecracker_config_file_boots_like_the_same_flags() {
+    require_kvm!();
+    let dir = common::scratch("config");
+    let kernel = test_guest().to_str().unwrap();
+    let config = dir.join("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{
+  "boot-source": {{ "kernel_image_path": "{kernel}", "boot_args": "token=from-config" }},
+  "machine-config": {{ "vcpu_count": 2, "mem_size_mib": 256, "smt": false }},
+  "drives": [],
+  "network-interfaces": []
+}}"#
+        ),
+    )
+    .unwrap();
+    let from_file = boot_test_guest(&["--config", config.to_str().unwrap()]);
+    let from_flags = boot_test_guest(&[
+        "--cmdline",
+        "token=from-config",
+        "--vcpus",
+        "2",
+        "--memory",
+        "256",
+    ]);
+    assert_eq!(from_file.code, Some(0), "{}", from_file.describe());
+    assert!(
+        from_file.stdout.contains("cpus: 2 apic-ids: 0 1"),
+        "{}",
+        from_file.describe()
+    );
+    assert_eq!(from_file.stdout, from_flags.stdout);
+
+    // Flags override the file.
+    let overridden = boot_test_guest(&["--config", config.to_str().unwrap(), "--vcpus", "4"]);
+    assert!(
+        overridden.stdout.contains("cpus: 4 apic-ids: 0 1 2 3"),
+        "{}",
+        overridden.describe()
+    );
+    assert!(
+        overridden.stdout.contains("token: from-config"),
+        "{}",
+        overridden.describe()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn timeout_stops_a_hung_guest_with_its_own_exit_code() {
+    require_kvm!();
+    let out = boot_test_guest(&["--cmdline", "scenario=hang", "--timeout", "1"]);
+    assert_eq!(out.code, Some(124), "{}", out.describe());
+    assert!(out.stdout.contains("hang: spinning"), "{}", out.describe());
+    assert!(out.stderr.contains("--timeout"), "{}", out.describe());
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        out.elapsed
+    );
+}
+
+#[test]
+fn sigterm_stops_the_vm() {
+    require_kvm!();
+    let kernel = test_guest().to_str().unwrap();
+    let child = spawn(
+        &["boot", "--kernel", kernel, "--cmdline", "scenario=hang"],
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sends a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code, Some(128 + libc::SIGTERM), "{}", out.describe());
+}
+
+#[test]
+fn phases_are_reported_in_order() {
+    require_kvm!();
+    let out = boot_test_guest(&["--phases"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("gureum-phases "))
+        .expect(&out.describe());
+    let value = |key: &str| -> u64 {
+        let kv = line
+            .split_whitespace()
+            .find(|kv| kv.starts_with(&format!("{key}=")))
+            .unwrap();
+        kv.split_once('=')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} in {line}"))
+    };
+    let order = [
+        "vm_built_us",
+        "first_entry_us",
+        "boot_timer_us",
+        "shutdown_us",
+        "exit_us",
+    ];
+    let times: Vec<u64> = order.iter().map(|k| value(k)).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{line}");
+    assert!(value("guest_touched_kib") > 0, "{line}");
+    assert!(value("rss_kib") >= value("guest_touched_kib"), "{line}");
+}
