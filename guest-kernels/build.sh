@@ -27,7 +27,10 @@ version=$(basename "$tarball" .tar.xz)
 mkdir -p "$cache/default"
 
 # ---- kernel ----------------------------------------------------------------------------------
-key=$(cat "$here/microvm-x86_64.config" "$here/build.sh" <(echo "$version") | sha256sum | cut -c1-16)
+# The key covers what determines the kernel: the config, the source version, and the recipe
+# (bump KERNEL_RECIPE when the make steps below change).
+KERNEL_RECIPE=1
+key=$(cat "$here/microvm-x86_64.config" <(echo "$version recipe $KERNEL_RECIPE") | sha256sum | cut -c1-16)
 kdir="$cache/kernel-$key"
 if [ -f "$kdir/vmlinux" ] && [ -f "$kdir/bzImage" ]; then
   log "kernel $key is cached ($version)"
@@ -39,7 +42,8 @@ else
     tar -xJf "$tarball" -C "$src.tmp" --strip-components=1
     mv "$src.tmp" "$src"
   fi
-  bdir="$cache/build-$key"
+  # One build tree per source version: a changed config rebuilds only what it changes.
+  bdir="$cache/build-$version"
   mkdir -p "$bdir"
   make -s -C "$src" O="$bdir" ARCH=x86_64 KCONFIG_ALLCONFIG="$here/microvm-x86_64.config" allnoconfig
   # Every option the fragment asks for must have survived dependency resolution.
@@ -52,11 +56,10 @@ else
     fi
   done < "$here/microvm-x86_64.config"
   [ "$bad" = 0 ] || { log "fix microvm-x86_64.config"; exit 1; }
-  total=$(find "$src" -name '*.c' | wc -l)
   log "building $version with $jobs jobs into $bdir (progress: objects compiled)"
-  make -C "$src" O="$bdir" ARCH=x86_64 -j"$jobs" vmlinux bzImage 2>&1 | awk -v t="$total" '
+  make -C "$src" O="$bdir" ARCH=x86_64 -j"$jobs" vmlinux bzImage 2>&1 | awk '
     / CC /{n++; if (n % 100 == 0) { printf "guest-kernels: %d objects compiled\n", n > "/dev/stderr" } }
-    /error|Error/{print > "/dev/stderr"}'
+    /error:|Error [0-9]/{print > "/dev/stderr"}'
   [ "${PIPESTATUS[0]}" = 0 ] || { log "kernel build failed"; exit 1; }
   mkdir -p "$kdir.tmp"
   cp "$bdir/vmlinux" "$bdir/arch/x86/boot/bzImage" "$bdir/.config" "$kdir.tmp/"
@@ -68,7 +71,8 @@ ln -sfn "$kdir/bzImage" "$cache/default/bzImage"
 
 # ---- initramfs -------------------------------------------------------------------------------
 bb=/bin/busybox
-ikey=$(cat "$here/initramfs/init" "$here/initramfs/boot-timer.c" "$here/build.sh" "$bb" | sha256sum | cut -c1-16)
+INITRAMFS_RECIPE=1
+ikey=$(cat "$here/initramfs/init" "$here/initramfs/boot-timer.c" "$bb" <(echo "recipe $INITRAMFS_RECIPE") | sha256sum | cut -c1-16)
 ifile="$cache/initramfs-$ikey.cpio"
 if [ ! -f "$ifile" ]; then
   stage=$(mktemp -d)

@@ -78,9 +78,9 @@ pub struct MachineConfig {
     pub mem_size_mib: u64,
     #[serde(default)]
     pub smt: bool,
-    /// Accepted and ignored: gureum does not snapshot.
-    #[serde(default)]
-    pub track_dirty_pages: bool,
+    /// Accepted for compatibility and ignored: gureum does not snapshot.
+    #[serde(default, rename = "track_dirty_pages")]
+    pub _track_dirty_pages: bool,
     pub huge_pages: Option<String>,
 }
 

@@ -28,6 +28,8 @@ pub enum Error {
         .0.display(), .1 >> 8, .1 & 0xff
     )]
     OldBootProtocol(PathBuf, u16),
+    #[error("bzImage {} has no 64-bit entry point (xloadflags lacks XLF_KERNEL_64)", .0.display())]
+    NoEntry64(PathBuf),
     #[error("cannot load {format} kernel {}", .path.display())]
     Load {
         path: PathBuf,
@@ -75,13 +77,10 @@ impl std::fmt::Display for KernelFormat {
 /// What loading the kernel told us.
 #[derive(Debug)]
 pub struct LoadedKernel {
-    pub format: KernelFormat,
     pub entry: GuestAddress,
     /// The first byte past the kernel, including what a bzImage needs to decompress itself.
     pub end: u64,
     pub setup_header: Option<setup_header>,
-    /// Whether this is a Linux kernel (a bzImage, or an ELF with a "Linux" note).
-    pub is_linux: bool,
 }
 
 const XLF_KERNEL_64: u16 = 1;
@@ -118,17 +117,32 @@ pub fn detect(path: &Path) -> Result<KernelFormat, Error> {
     Err(Error::UnknownFormat(path.into()))
 }
 
-/// The kernel's format, and whether it is Linux (a bzImage, or an ELF with a "Linux" note).
+/// The kernel's format, and whether it is Linux: an ELF with Linux's sections, or a bzImage
+/// whose setup header points at a kernel version string.
 pub fn identify(path: &Path) -> Result<(KernelFormat, bool), Error> {
     let format = detect(path)?;
+    let mut file = File::open(path).map_err(|e| Error::OpenKernel(path.into(), e))?;
     let is_linux = match format {
-        KernelFormat::BzImage => true,
-        KernelFormat::Elf => {
-            let mut file = File::open(path).map_err(|e| Error::OpenKernel(path.into(), e))?;
-            has_linux_note(&mut file)
-        }
+        KernelFormat::BzImage => has_version_string(&mut file),
+        KernelFormat::Elf => has_linux_sections(&mut file),
     };
     Ok((format, is_linux))
+}
+
+/// Whether a bzImage's `kernel_version` field points at a version string ("6.1.0 (...) ...").
+fn has_version_string(file: &mut File) -> bool {
+    let mut field = [0u8; 2];
+    let mut text = [0u8; 1];
+    file.seek(SeekFrom::Start(0x20e)).is_ok()
+        && file.read_exact(&mut field).is_ok()
+        && u16::from_le_bytes(field) != 0
+        && file
+            .seek(SeekFrom::Start(
+                0x200 + u64::from(u16::from_le_bytes(field)),
+            ))
+            .is_ok()
+        && file.read_exact(&mut text).is_ok()
+        && text[0].is_ascii_digit()
 }
 
 /// Load the kernel at the addresses it asks for and find its 64-bit entry point.
@@ -165,68 +179,62 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
                     entry: entry.raw_value(),
                 });
             }
-            let is_linux = has_linux_note(&mut file);
             LoadedKernel {
-                format,
                 entry,
                 end: r.kernel_end,
                 setup_header: None,
-                is_linux,
             }
         }
         KernelFormat::BzImage => {
             let r = BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?;
             let hdr = r.setup_header.unwrap_or_default();
             if hdr.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(Error::OldBootProtocol(path.into(), hdr.version));
+                return Err(Error::NoEntry64(path.into()));
             }
             // The kernel decompresses itself in place; it needs init_size bytes from its start.
-            let end = r.kernel_load.raw_value() + u64::from(hdr.init_size).max(r.kernel_end);
+            let end = (r.kernel_load.raw_value() + u64::from(hdr.init_size)).max(r.kernel_end);
             if end > mem_end.min(MMIO_GAP_START) {
                 return Err(too_big(end));
             }
             let entry = r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET);
             LoadedKernel {
-                format,
                 entry,
                 end,
                 setup_header: Some(hdr),
-                is_linux: true,
             }
         }
     };
     Ok(kernel)
 }
 
-/// Whether an ELF kernel carries a note owned by "Linux" (every vmlinux does).
-fn has_linux_note(file: &mut File) -> bool {
+/// Whether an ELF kernel has sections only Linux has (`.init.text`, `.data..percpu`), read from
+/// the section-name table alone.
+fn has_linux_sections(file: &mut File) -> bool {
+    let mut read_at = |offset: u64, buf: &mut [u8]| {
+        file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(buf).is_ok()
+    };
     let mut ehdr = [0u8; 64];
-    if file.seek(SeekFrom::Start(0)).is_err() || file.read_exact(&mut ehdr).is_err() {
+    if !read_at(0, &mut ehdr) {
         return false;
     }
-    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap_or_default());
-    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
-    for i in 0..u64::from(phnum.min(64)) {
-        let mut ph = [0u8; 56];
-        if file.seek(SeekFrom::Start(phoff + i * 56)).is_err() || file.read_exact(&mut ph).is_err()
-        {
-            return false;
-        }
-        const PT_NOTE: u32 = 4;
-        if u32::from_le_bytes(ph[0..4].try_into().unwrap_or_default()) != PT_NOTE {
-            continue;
-        }
-        let offset = u64::from_le_bytes(ph[8..16].try_into().unwrap_or_default());
-        let size = u64::from_le_bytes(ph[32..40].try_into().unwrap_or_default()).min(1 << 16);
-        let mut notes = Vec::new();
-        if file.seek(SeekFrom::Start(offset)).is_ok()
-            && file.by_ref().take(size).read_to_end(&mut notes).is_ok()
-            && notes.windows(6).any(|w| w == b"Linux\0")
-        {
-            return true;
-        }
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u64_at =
+        |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    let (shoff, shentsize, shstrndx) = (
+        u64_at(&ehdr, 0x28),
+        u16_at(&ehdr, 0x3a),
+        u16_at(&ehdr, 0x3e),
+    );
+    let mut shdr = [0u8; 64];
+    if shentsize != 64 || !read_at(shoff + shstrndx * shentsize, &mut shdr) {
+        return false;
     }
-    false
+    let (names_at, names_len) = (u64_at(&shdr, 0x18), u64_at(&shdr, 0x20).min(1 << 16));
+    let mut names = vec![0u8; usize::try_from(names_len).unwrap_or(0)];
+    read_at(names_at, &mut names)
+        && [&b".init.text\0"[..], &b".data..percpu\0"[..]]
+            .iter()
+            .any(|n| names.windows(n.len()).any(|w| w == *n))
 }
 
 /// Put the initrd as high in low memory as it fits, page-aligned, above the kernel.

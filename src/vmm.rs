@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::arch::x86_64::{layout::*, mptable, regs, zero_page};
 use crate::config::VmConfig;
 use crate::event_loop::{ConsoleInput, ExitWatcher, Outcome, block_exit_signals};
-use crate::loader::{self, LoadedKernel};
+use crate::loader;
 use crate::phases::Phases;
 use crate::vcpu::{self, ExitSlot, Vcpu};
 
@@ -69,7 +69,6 @@ pub struct Vmm {
     i8042_reset: EventFd,
     exit: Arc<ExitSlot>,
     boot_timer: BootTimer,
-    pub kernel: LoadedKernel,
 }
 
 struct LegacyDevices {
@@ -130,7 +129,6 @@ impl TryFrom<&VmConfig> for Vmm {
             i8042_reset: legacy.i8042_reset,
             exit,
             boot_timer: legacy.boot_timer,
-            kernel,
         })
     }
 }

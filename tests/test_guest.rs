@@ -254,3 +254,35 @@ fn phases_are_reported_in_order() {
     assert!(value("guest_touched_kib") > 0, "{line}");
     assert!(value("rss_kib") >= value("guest_touched_kib"), "{line}");
 }
+
+#[test]
+fn bzimage_boots_like_the_elf() {
+    require_kvm!();
+    let dir = common::scratch("bzimage");
+    let bz = dir.join("test-guest.bzImage");
+    common::make_bzimage(test_guest(), &bz, 1);
+    let args = ["--cmdline", "token=bz", "--vcpus", "2", "--memory", "256"];
+    let elf = boot_test_guest(&args);
+    let mut bz_args = vec!["boot", "--kernel", bz.to_str().unwrap(), "--timeout", "20"];
+    bz_args.extend_from_slice(&args);
+    let bzimage = common::gureum(&bz_args);
+    assert_eq!(bzimage.code, Some(0), "{}", bzimage.describe());
+    assert!(
+        bzimage.stdout.contains("token: bz\n"),
+        "{}",
+        bzimage.describe()
+    );
+    assert_eq!(bzimage.stdout, elf.stdout);
+
+    // Without XLF_KERNEL_64 there is no 64-bit entry point to use.
+    let no64 = dir.join("no-entry64.bzImage");
+    common::make_bzimage(test_guest(), &no64, 0);
+    let out = common::gureum(&["boot", "--kernel", no64.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("no 64-bit entry point"),
+        "{}",
+        out.describe()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

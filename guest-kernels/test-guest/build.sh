@@ -5,6 +5,6 @@
 # this target is being phased out; the x86_64-unknown-none target is the way out when it goes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-RUSTFLAGS="-C relocation-model=static -C target-cpu=x86-64 -C target-feature=-sse,-sse2,-mmx,+soft-float" \
+RUSTFLAGS="-C relocation-model=static -C target-cpu=x86-64 -C target-feature=-sse,-sse2,+soft-float" \
   cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target-dir "$here/target"
 echo "$here/target/release/gureum-test-guest"

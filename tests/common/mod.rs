@@ -154,3 +154,48 @@ pub fn token() -> String {
         .unwrap();
     format!("tok{}x{}", t.as_nanos() % 1_000_000_007, std::process::id())
 }
+
+/// Wrap an ELF kernel linked at 1 MiB into a bzImage: a boot sector and one setup sector holding
+/// the setup header (protocol 2.15), then the flat image from 1 MiB. Its 64-bit entry is
+/// code32_start + 0x200, as the boot protocol says; `xloadflags` 0 takes that entry away.
+pub fn make_bzimage(elf: &Path, out: &Path, xloadflags: u16) {
+    let data = std::fs::read(elf).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    const BASE: u64 = 0x10_0000;
+    let (phoff, phnum) = (u64_at(0x20) as usize, u16_at(0x38));
+    let mut payload = Vec::new();
+    let mut mem_end = BASE;
+    for i in 0..phnum {
+        let ph = phoff + i * 56;
+        if u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap()) != 1 {
+            continue; // not PT_LOAD
+        }
+        let (off, paddr, filesz, memsz) = (
+            u64_at(ph + 8),
+            u64_at(ph + 24),
+            u64_at(ph + 32),
+            u64_at(ph + 40),
+        );
+        let at = (paddr - BASE) as usize;
+        if payload.len() < at + filesz as usize {
+            payload.resize(at + filesz as usize, 0);
+        }
+        payload[at..at + filesz as usize]
+            .copy_from_slice(&data[off as usize..(off + filesz) as usize]);
+        mem_end = mem_end.max(paddr + memsz);
+    }
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&(BASE as u32).to_le_bytes()); // code32_start
+    image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    image[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+    image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    image[0x260..0x264].copy_from_slice(&((mem_end - BASE) as u32).to_le_bytes()); // init_size
+    image.extend_from_slice(&payload);
+    std::fs::write(out, image).unwrap();
+}

@@ -22,8 +22,9 @@ const STACK_SIZE: usize = 16 * 1024;
 #[unsafe(no_mangle)]
 static mut STACK: [u8; STACK_SIZE] = [0; STACK_SIZE];
 
-// Entry: turn on SSE (the VMM leaves CR4.OSFXSR clear, and compiled Rust may use SSE), take our
-// own stack, pass boot_params (RSI) as the first argument.
+// 64-bit entry (Linux boot protocol: long mode, identity paging, boot_params in RSI). Turn on
+// SSE state handling (the VMM leaves CR4.OSFXSR clear), take our own stack, and call
+// guest_main(boot_params, 0).
 global_asm!(
     ".section .text.entry, \"ax\"",
     ".global _start",
@@ -38,6 +39,7 @@ global_asm!(
     "mov cr4, rax",
     "lea rsp, [rip + {stack} + {size}]",
     "mov rdi, rsi",
+    "xor esi, esi",
     "call {main}",
     "2: hlt",
     "jmp 2b",
@@ -45,6 +47,75 @@ global_asm!(
     size = const STACK_SIZE,
     main = sym guest_main,
 );
+
+// 32-bit PVH entry (protected mode, paging off, hvm_start_info in EBX): enable long mode with
+// the identity map below, then call guest_main(0, start_info).
+global_asm!(
+    ".section .text.entry32, \"ax\"",
+    ".code32",
+    ".global pvh_start",
+    "pvh_start:",
+    "cli",
+    "mov esi, ebx",
+    "mov eax, cr4",
+    "or eax, 0x620",           // PAE, OSFXSR, OSXMMEXCPT
+    "mov cr4, eax",
+    "mov eax, offset boot_pml4",
+    "mov cr3, eax",
+    "mov ecx, 0xc0000080",     // EFER.LME
+    "rdmsr",
+    "or eax, 0x100",
+    "wrmsr",
+    "mov eax, cr0",
+    "and eax, ~4",
+    "or eax, 0x80000003",      // PG, MP, PE
+    "mov cr0, eax",
+    "lgdt [boot_gdtr]",
+    // jmp far 0x10:pvh_long_mode, encoded by hand (ptr16:32).
+    ".byte 0xea",
+    ".long pvh_long_mode",
+    ".word 0x10",
+    ".code64",
+    "pvh_long_mode:",
+    "mov ax, 0x18",
+    "mov ds, ax",
+    "mov es, ax",
+    "mov ss, ax",
+    "lea rsp, [rip + {stack} + {size}]",
+    "xor edi, edi",
+    "call {main}",
+    "4: hlt",
+    "jmp 4b",
+    // hvm_start_info's PVH entry note for loaders (XEN_ELFNOTE_PHYS32_ENTRY = 18).
+    ".section .note.pvh, \"a\", @note",
+    ".balign 4",
+    ".long 4, 4, 18",
+    ".asciz \"Xen\"",
+    ".long pvh_start",
+    ".section .data.boot, \"aw\"",
+    ".balign 8",
+    "boot_gdt:",
+    ".quad 0, 0, 0x00af9a000000ffff, 0x00cf92000000ffff",
+    "boot_gdtr:",
+    ".word 31",
+    ".long boot_gdt",
+    ".balign 4096",
+    "boot_pml4:",
+    ".quad boot_pdpt + 3",
+    ".fill 511, 8, 0",
+    "boot_pdpt:",
+    ".quad boot_pd + 3, boot_pd + 0x1003, boot_pd + 0x2003, boot_pd + 0x3003",
+    ".fill 508, 8, 0",
+    "boot_pd:",
+    ".set page, 0",
+    ".rept 2048",
+    ".quad (page << 21) | 0x83",
+    ".set page, page + 1",
+    ".endr",
+    stack = sym STACK,
+    size = const STACK_SIZE,
+    main = sym guest_main,
+    );
 
 fn outb(port: u16, value: u8) {
     // SAFETY: port I/O has no memory effects in this guest.
@@ -96,9 +167,37 @@ fn checksum_ok(addr: u64, len: u64) -> bool {
     (0..len).fold(0u8, |a, i| a.wrapping_add(rd::<u8>(addr + i))) == 0
 }
 
-/// The NUL-terminated command line the zero page points at.
-fn cmdline(boot_params: u64) -> &'static [u8] {
-    let ptr = u64::from(rd::<u32>(boot_params + 0x228));
+/// Where the VMM described the machine: the Linux zero page or a PVH hvm_start_info.
+struct BootInfo {
+    cmdline: u64,
+    e820: u64,
+    e820_entries: u64,
+    e820_stride: u64,
+}
+
+impl BootInfo {
+    fn linux(boot_params: u64) -> Self {
+        Self {
+            cmdline: u64::from(rd::<u32>(boot_params + 0x228)),
+            e820: boot_params + 0x2d0,
+            e820_entries: u64::from(rd::<u8>(boot_params + 0x1e8)).min(128),
+            e820_stride: 20,
+        }
+    }
+
+    fn pvh(start_info: u64) -> Self {
+        let version = rd::<u32>(start_info + 4);
+        let (e820, e820_entries) = if version >= 1 {
+            (rd::<u64>(start_info + 40), u64::from(rd::<u32>(start_info + 48)).min(128))
+        } else {
+            (0, 0)
+        };
+        Self { cmdline: rd::<u64>(start_info + 24), e820, e820_entries, e820_stride: 24 }
+    }
+}
+
+/// The NUL-terminated command line at `ptr`.
+fn cmdline(ptr: u64) -> &'static [u8] {
     if ptr == 0 {
         return &[];
     }
@@ -119,11 +218,10 @@ fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 
 /// Print the e820 map; touch the last byte of each RAM range below 4 GiB (what is identity
 /// mapped) to show it is really there. Returns the RAM total.
-fn report_e820(boot_params: u64) -> u64 {
-    let count = u64::from(rd::<u8>(boot_params + 0x1e8)).min(128);
+fn report_e820(info: &BootInfo) -> u64 {
     let mut ram = 0;
-    for i in 0..count {
-        let entry = boot_params + 0x2d0 + i * 20;
+    for i in 0..info.e820_entries {
+        let entry = info.e820 + i * info.e820_stride;
         let (start, size, kind) = (rd::<u64>(entry), rd::<u64>(entry + 8), rd::<u32>(entry + 16));
         puts(b"e820: ");
         put_hex(start);
@@ -227,19 +325,28 @@ fn echo_line() {
 fn reset() -> ! {
     puts(b"gureum-test-guest: reset\n");
     outb(I8042_COMMAND, 0xfe);
+    // Where there is no i8042 (QEMU microvm), QEMU's isa-debug-exit device on port 0xf4 ends
+    // the VM instead.
+    outb(0xf4, 0);
     loop {
         // SAFETY: halting with interrupts off only stops this vCPU.
         unsafe { asm!("hlt", options(nomem, nostack)) }
     }
 }
 
-extern "C" fn guest_main(boot_params: u64) -> ! {
+extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
     puts(b"gureum-test-guest: hello\n");
-    let cmdline = cmdline(boot_params);
+    let info = if boot_params != 0 {
+        BootInfo::linux(boot_params)
+    } else {
+        puts(b"boot: pvh\n");
+        BootInfo::pvh(pvh_start_info)
+    };
+    let cmdline = cmdline(info.cmdline);
     puts(b"cmdline: ");
     puts(cmdline);
     puts(b"\n");
-    let ram = report_e820(boot_params);
+    let ram = report_e820(&info);
     puts(b"ram: ");
     put_dec(ram >> 10);
     puts(b" KiB\n");
