@@ -23,12 +23,12 @@ pub enum Error {
     NoRuns,
 }
 
-/// Nearest-rank percentile of sorted samples.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Nearest-rank percentile (`p` in percent) of sorted samples.
+pub fn percentile(sorted: &[f64], p: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let rank = (p.min(100) * sorted.len()).div_ceil(100);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -123,7 +123,7 @@ pub fn boot(config: &VmConfig, runs: usize, _with_qemu: bool) -> Result<String, 
             medians.push(f64::NAN);
             continue;
         }
-        let [min, med, p95] = [0.0, 50.0, 95.0].map(|p| percentile(s, p) * scale);
+        let [min, med, p95] = [0, 50, 95].map(|p| percentile(s, p) * scale);
         let _ = writeln!(report, "{label:<28} {min:>10.2} {med:>10.2} {p95:>10.2}");
         medians.push(med);
     }
@@ -150,12 +150,12 @@ mod tests {
     #[test]
     fn percentiles_use_nearest_rank() {
         let s: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&s, 0.0), 1.0);
-        assert_eq!(percentile(&s, 50.0), 10.0);
-        assert_eq!(percentile(&s, 95.0), 19.0);
-        assert_eq!(percentile(&s, 100.0), 20.0);
-        assert_eq!(percentile(&[7.0], 95.0), 7.0);
-        assert!(percentile(&[], 50.0).is_nan());
+        assert_eq!(percentile(&s, 0), 1.0);
+        assert_eq!(percentile(&s, 50), 10.0);
+        assert_eq!(percentile(&s, 95), 19.0);
+        assert_eq!(percentile(&s, 100), 20.0);
+        assert_eq!(percentile(&[7.0], 95), 7.0);
+        assert!(percentile(&[], 50).is_nan());
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
     let mem_end = mem.last_addr().raw_value() + 1;
     let mem_mib = mem
         .iter()
-        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .map(vm_memory::GuestMemoryRegion::len)
         .sum::<u64>()
         >> 20;
     let too_big = |end| Error::KernelTooBig {

@@ -67,7 +67,7 @@ fn unusable_kernel_files() {
 
     let random = dir.join("random");
     let bytes: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
         .collect();
     std::fs::write(&random, bytes).unwrap();
     assert_says(

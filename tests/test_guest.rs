@@ -230,7 +230,7 @@ fn phases_are_reported_in_order() {
         .stderr
         .lines()
         .find(|l| l.starts_with("gureum-phases "))
-        .expect(&out.describe());
+        .unwrap_or_else(|| panic!("{}", out.describe()));
     let value = |key: &str| -> u64 {
         let kv = line
             .split_whitespace()

@@ -97,10 +97,10 @@ mod tests {
     struct Reg(Vec<u8>);
     impl BusDevice for Reg {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(self.0[offset as usize]);
+            data.fill(self.0[usize::try_from(offset).unwrap()]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
-            self.0[offset as usize] = data[0];
+            self.0[usize::try_from(offset).unwrap()] = data[0];
         }
     }
 

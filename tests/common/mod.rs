@@ -160,10 +160,11 @@ pub fn token() -> String {
 /// code32_start + 0x200, as the boot protocol says; `xloadflags` 0 takes that entry away.
 pub fn make_bzimage(elf: &Path, out: &Path, xloadflags: u16) {
     let data = std::fs::read(elf).unwrap();
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
-    const BASE: u64 = 0x10_0000;
-    let (phoff, phnum) = (u64_at(0x20) as usize, u16_at(0x38));
+    let half = |o: usize| usize::from(u16::from_le_bytes([data[o], data[o + 1]]));
+    let word =
+        |o: usize| usize::try_from(u64::from_le_bytes(data[o..o + 8].try_into().unwrap())).unwrap();
+    const BASE: usize = 0x10_0000;
+    let (phoff, phnum) = (word(0x20), half(0x38));
     let mut payload = Vec::new();
     let mut mem_end = BASE;
     for i in 0..phnum {
@@ -171,31 +172,27 @@ pub fn make_bzimage(elf: &Path, out: &Path, xloadflags: u16) {
         if u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap()) != 1 {
             continue; // not PT_LOAD
         }
-        let (off, paddr, filesz, memsz) = (
-            u64_at(ph + 8),
-            u64_at(ph + 24),
-            u64_at(ph + 32),
-            u64_at(ph + 40),
-        );
-        let at = (paddr - BASE) as usize;
-        if payload.len() < at + filesz as usize {
-            payload.resize(at + filesz as usize, 0);
+        let (off, paddr, filesz, memsz) =
+            (word(ph + 8), word(ph + 24), word(ph + 32), word(ph + 40));
+        let at = paddr - BASE;
+        if payload.len() < at + filesz {
+            payload.resize(at + filesz, 0);
         }
-        payload[at..at + filesz as usize]
-            .copy_from_slice(&data[off as usize..(off + filesz) as usize]);
+        payload[at..at + filesz].copy_from_slice(&data[off..off + filesz]);
         mem_end = mem_end.max(paddr + memsz);
     }
+    let le32 = |v: usize| u32::try_from(v).unwrap().to_le_bytes();
     let mut image = vec![0u8; 1024];
     image[0x1f1] = 1; // setup_sects
     image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     image[0x211] = 1; // loadflags: LOADED_HIGH
-    image[0x214..0x218].copy_from_slice(&(BASE as u32).to_le_bytes()); // code32_start
-    image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    image[0x214..0x218].copy_from_slice(&le32(BASE)); // code32_start
+    image[0x22c..0x230].copy_from_slice(&le32(0x7fff_ffff)); // initrd_addr_max
     image[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
-    image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
-    image[0x260..0x264].copy_from_slice(&((mem_end - BASE) as u32).to_le_bytes()); // init_size
+    image[0x238..0x23c].copy_from_slice(&le32(2047)); // cmdline_size
+    image[0x260..0x264].copy_from_slice(&le32(mem_end - BASE)); // init_size
     image.extend_from_slice(&payload);
     std::fs::write(out, image).unwrap();
 }

@@ -38,7 +38,8 @@ pub fn boot_gdt() -> [u64; 5] {
 /// The KVM view of the descriptor at `selector` in [`boot_gdt`].
 pub fn segment(selector: u16) -> kvm_segment {
     let entry = boot_gdt()[usize::from(selector >> 3)];
-    let bits = |shift: u32, width: u32| ((entry >> shift) & ((1 << width) - 1)) as u8;
+    let bits =
+        |shift: u32, width: u32| u8::try_from((entry >> shift) & ((1 << width) - 1)).unwrap_or(0);
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = (entry & 0xffff) | ((entry >> 32) & 0xf_0000);
     let granular = bits(55, 1);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0x0000_0500  GDT              0x0000_7000  zero page (boot_params)
-//! 0x0000_0520  IDT              0x0000_8ff0  boot stack top
+//! 0x0000_0530  IDT              0x0000_8ff0  boot stack top
 //! 0x0000_9000  PML4             0x0000_a000  PDPT
 //! 0x0000_b000  4 PDs (identity map of the first 4 GiB, 2 MiB pages)
 //! 0x0002_0000  kernel command line
@@ -11,7 +11,7 @@
 //! ```
 
 pub const BOOT_GDT_START: u64 = 0x500;
-pub const BOOT_IDT_START: u64 = 0x520;
+pub const BOOT_IDT_START: u64 = 0x530;
 pub const ZERO_PAGE_START: u64 = 0x7000;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
@@ -23,6 +23,11 @@ pub const CMDLINE_START: u64 = 0x20000;
 /// Linux's COMMAND_LINE_SIZE on x86, terminating NUL included; bzImages state their own.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
+pub const EBDA_START_32: u32 = 0x9fc00;
+/// The command line's address as the 32-bit zero-page field holds it.
+pub const CMDLINE_START_32: u32 = 0x20000;
+const _: () =
+    assert!(EBDA_START_32 as u64 == EBDA_START && CMDLINE_START_32 as u64 == CMDLINE_START);
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
@@ -39,6 +44,11 @@ pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 /// gureum's boot-timer port: the guest writes one byte at each milestone it wants timed.
 pub const BOOT_TIMER_PORT: u64 = 0x440;
+
+// The stack lies between the zero page and the page tables; the tables end below the cmdline.
+const _: () =
+    assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
+const _: () = assert!(PD_START + 0x1000 * IDENTITY_MAPPED_GIB <= CMDLINE_START);
 
 /// The guest-physical ranges of RAM for `size` bytes of memory: below the MMIO gap, and the
 /// rest above 4 GiB.
@@ -84,7 +94,5 @@ mod tests {
                 );
             }
         }
-        assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
-        assert!(PD_START + 0x1000 * IDENTITY_MAPPED_GIB <= CMDLINE_START);
     }
 }

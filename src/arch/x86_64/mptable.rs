@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::layout::{APIC_BASE, EBDA_START, IOAPIC_BASE};
+use super::layout::{APIC_BASE, EBDA_START, EBDA_START_32, IOAPIC_BASE};
 
 /// ISA IRQs routed one-to-one to IOAPIC pins.
 const ISA_IRQS: u8 = 16;
@@ -20,10 +20,14 @@ pub enum Error {
     Write(#[source] vm_memory::GuestMemoryError),
 }
 
-/// The most vCPUs whose MP table fits in the EBDA.
+/// The most vCPUs whose MP table fits in the EBDA: floating pointer 16 + header 44 + bus 8 +
+/// IOAPIC 8 + 16 IRQs * 8 + 2 LINTs * 8 = 220 bytes, plus 20 per processor.
+const MAX_VCPUS: u8 = 40;
+const _: () = assert!(220 + 20 * MAX_VCPUS as usize <= MAX_SIZE);
+const _: () = assert!(EBDA_START + MAX_SIZE as u64 <= 0xa0000);
+
 pub const fn max_vcpus() -> u8 {
-    // Floating pointer 16 + header 44 + bus 8 + IOAPIC 8 + 16 IRQs * 8 + 2 LINTs * 8 = 220.
-    ((MAX_SIZE - 220) / 20) as u8
+    MAX_VCPUS
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
@@ -80,7 +84,7 @@ pub fn build(vcpus: u8, base: u32) -> Result<Vec<u8>, Error> {
 
 /// Write the MP table for `vcpus` at the start of the EBDA.
 pub fn setup<M: GuestMemoryBackend>(mem: &M, vcpus: u8) -> Result<(), Error> {
-    let table = build(vcpus, EBDA_START as u32)?;
+    let table = build(vcpus, EBDA_START_32)?;
     mem.write_slice(&table, GuestAddress(EBDA_START))
         .map_err(Error::Write)
 }

@@ -6,7 +6,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::layout::{CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START, ram_ranges};
+use super::layout::{CMDLINE_START_32, EBDA_START, HIMEM_START, ZERO_PAGE_START, ram_ranges};
 
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
@@ -66,7 +66,7 @@ pub fn write<M: GuestMemoryBackend>(
         params.hdr.kernel_alignment = 0x0100_0000;
     }
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = CMDLINE_START_32;
     params.hdr.cmdline_size = u32::try_from(cmdline_len).unwrap_or(u32::MAX);
     if let Some(initrd) = initrd {
         params.hdr.ramdisk_image = u32::try_from(initrd.addr.0).unwrap_or(0);
@@ -127,8 +127,11 @@ mod tests {
         write(&mem, None, 12, Some(initrd), 512 << 20).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = p.hdr;
-        assert_eq!(hdr.header, HDR_MAGIC);
-        assert_eq!(hdr.cmd_line_ptr, CMDLINE_START as u32);
+        assert_eq!({ hdr.header }, HDR_MAGIC);
+        assert_eq!(
+            u64::from(hdr.cmd_line_ptr),
+            crate::arch::x86_64::layout::CMDLINE_START
+        );
         assert_eq!((hdr.ramdisk_image, hdr.ramdisk_size), (0x80_0000, 4096));
         assert_eq!(p.e820_entries, 3);
         let last = p.e820_table[2];

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs and builds everything gureum's demo and tests need, idempotently:
+# Debian packages, gureum itself (release), the default guest kernel + initramfs (cached under
+# /var/cache/gureum by config hash), and the test guest. Safe to run again: it only does what
+# is missing or changed. Run as root on Debian 12.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+pkgs=(build-essential qemu-system-x86 util-linux)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  log "no Rust toolchain: gureum needs Rust 1.85 or later (edition 2024), e.g. from rustup"
+  exit 1
+fi
+
+log "building gureum (release)"
+cargo build --release --quiet
+log "building the default guest (kernel + initramfs)"
+guest-kernels/build.sh >/dev/null
+log "building the test guest"
+guest-kernels/test-guest/build.sh 2>/dev/null >/dev/null
+log "ready: target/release/gureum"
