@@ -1,20 +1,26 @@
 //! `gureum bench boot`: boot a guest N times as separate processes and report each phase's
-//! min / median / p95, the VMM's own memory, and how that compares with the targets.
+//! min / median / p95 and the VMM's own memory; with QEMU installed, boot the same guest under
+//! `qemu-system-x86_64 -M microvm` in between (interleaved, so drift hits both alike) and compare
+//! the time each takes, measured from outside, to the guest's "boot timer written" line.
 
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
+use crate::host_check::{KvmKind, kvm_kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot find gureum's own executable")]
     SelfExe(#[source] std::io::Error),
-    #[error("cannot start a boot")]
-    Spawn(#[source] std::io::Error),
-    #[error("boot {run} failed (exit {code:?}): {stderr}")]
-    Boot {
+    #[error("cannot start {0}")]
+    Spawn(&'static str, #[source] std::io::Error),
+    #[error("{vmm} run {run} failed (exit {code:?}): {stderr}")]
+    Run {
+        vmm: &'static str,
         run: usize,
         code: Option<i32>,
         stderr: String,
@@ -22,6 +28,10 @@ pub enum Error {
     #[error("--runs must be at least 1")]
     NoRuns,
 }
+
+/// The guest's console line right after it writes the boot-timer port (test guest, our init).
+const MARKERS: [&str; 2] = ["boot-timer: written", "gureum-init: ready"];
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Nearest-rank percentile (`p` in percent) of sorted samples.
 pub fn percentile(sorted: &[f64], p: usize) -> f64 {
@@ -44,103 +54,287 @@ pub fn parse_phases(stderr: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-const PHASES: [(&str, &str, f64); 7] = [
-    ("vm_built_us", "VM built", 1e-3),
-    ("first_entry_us", "first vCPU entry", 1e-3),
-    ("boot_timer_us", "boot-timer write", 1e-3),
-    ("shutdown_us", "guest shutdown", 1e-3),
-    ("exit_us", "process exit", 1e-3),
-    ("wall_us", "wall (spawn to reap)", 1e-3),
-    ("vmm_kib", "VMM memory (RSS - guest)", 1.0 / 1024.0),
-];
+/// One run measured from outside: spawn to the marker line, spawn to exit (microseconds).
+struct Run {
+    marker_us: Option<f64>,
+    exit_us: f64,
+    stderr: String,
+    success: bool,
+    code: Option<i32>,
+}
 
-pub fn boot(config: &VmConfig, runs: usize, _with_qemu: bool) -> Result<String, Error> {
+fn time_run(mut cmd: Command, name: &'static str) -> Result<Run, Error> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| Error::Spawn(name, e))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let mut marker_us = None;
+    if let Some(out) = stdout {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if marker_us.is_none() && MARKERS.iter().any(|m| line.contains(m)) {
+                marker_us = Some(start.elapsed().as_secs_f64() * 1e6);
+            }
+            if start.elapsed() > RUN_DEADLINE {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| Error::Spawn(name, e))?;
+    let exit_us = start.elapsed().as_secs_f64() * 1e6;
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Run {
+        marker_us,
+        exit_us,
+        stderr,
+        success: status.success(),
+        code: status.code(),
+    })
+}
+
+fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("boot").arg("--kernel").arg(&config.kernel);
+    if let Some(initrd) = &config.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    cmd.args(["--cmdline", &config.cmdline, "--phases", "--timeout", "60"]);
+    cmd.args([
+        "--vcpus",
+        &config.vcpus.to_string(),
+        "--memory",
+        &config.memory_mib.to_string(),
+    ]);
+    cmd
+}
+
+/// QEMU microvm booting the same kernel through its PVH entry; its isa-debug-exit device ends
+/// the run where the guest has no i8042 to reset through.
+fn qemu_command(config: &VmConfig) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let cpu = if kvm_kind().0 == KvmKind::Pvm {
+        "host,-arch-capabilities"
+    } else {
+        "host"
+    };
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        "-cpu",
+        cpu,
+    ]);
+    cmd.args([
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.vcpus.to_string(),
+    ]);
+    cmd.arg("-kernel").arg(&config.kernel);
+    if let Some(initrd) = &config.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    cmd.args([
+        "-append",
+        &config.cmdline,
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
+    cmd.args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4"]);
+    cmd
+}
+
+/// Why QEMU is not compared, if it is not.
+fn qemu_unavailable(config: &VmConfig) -> Option<String> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").exists()));
+    if !found {
+        return Some("qemu-system-x86_64 is not installed".into());
+    }
+    match crate::loader::has_pvh_note(&config.kernel) {
+        true => None,
+        false => Some(format!(
+            "{} has no PVH entry note for QEMU microvm",
+            config.kernel.display()
+        )),
+    }
+}
+
+#[derive(Default)]
+struct Samples(Vec<(String, Vec<f64>)>);
+
+impl Samples {
+    fn push(&mut self, key: &str, v: f64) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some((_, s)) => s.push(v),
+            None => self.0.push((key.to_string(), vec![v])),
+        }
+    }
+
+    fn stats(&self, key: &str) -> Option<[f64; 3]> {
+        let (_, s) = self.0.iter().find(|(k, _)| k == key)?;
+        let mut s = s.clone();
+        s.sort_by(f64::total_cmp);
+        Some([0, 50, 95].map(|p| percentile(&s, p)))
+    }
+}
+
+pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
     }
     let exe = std::env::current_exe().map_err(Error::SelfExe)?;
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
+    let qemu_skip = if with_qemu {
+        qemu_unavailable(config)
+    } else {
+        Some("--no-qemu".into())
+    };
+    let (mut gureum, mut qemu) = (Samples::default(), Samples::default());
     for run in 0..runs {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("boot").arg("--kernel").arg(&config.kernel);
-        if let Some(initrd) = &config.initrd {
-            cmd.arg("--initrd").arg(initrd);
-        }
-        cmd.args(["--cmdline", &config.cmdline]);
-        cmd.args([
-            "--vcpus",
-            &config.vcpus.to_string(),
-            "--memory",
-            &config.memory_mib.to_string(),
-        ]);
-        cmd.args(["--phases", "--timeout", "60"]);
-        let spawned = Instant::now();
-        let out = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .output()
-            .map_err(Error::Spawn)?;
-        let wall = spawned.elapsed().as_secs_f64() * 1e6;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            return Err(Error::Boot {
+        let g = time_run(gureum_command(&exe, config), "gureum")?;
+        if !g.success {
+            return Err(Error::Run {
+                vmm: "gureum",
                 run,
-                code: out.status.code(),
-                stderr,
+                code: g.code,
+                stderr: g.stderr,
             });
         }
-        let mut values = parse_phases(&stderr);
-        values.push(("wall_us".into(), wall));
-        for (i, (key, _, _)) in PHASES.iter().enumerate() {
-            if let Some((_, v)) = values.iter().find(|(k, _)| k == key) {
-                samples[i].push(*v);
-            }
+        for (k, v) in parse_phases(&g.stderr) {
+            gureum.push(&k, v);
+        }
+        if let Some(v) = g.marker_us {
+            gureum.push("marker", v);
+        }
+        gureum.push("wall", g.exit_us);
+        if qemu_skip.is_none() {
+            let q = time_run(qemu_command(config), "qemu-system-x86_64")?;
+            let Some(marker) = q.marker_us else {
+                return Err(Error::Run {
+                    vmm: "qemu",
+                    run,
+                    code: q.code,
+                    stderr: q.stderr,
+                });
+            };
+            qemu.push("marker", marker);
+            qemu.push("wall", q.exit_us);
         }
     }
-    let mut report = format!(
-        "gureum bench boot: {} x {} ({} vCPU, {} MiB)\n{:<28} {:>10} {:>10} {:>10}\n",
-        runs,
-        config.kernel.display(),
-        config.vcpus,
-        config.memory_mib,
-        "phase (ms since start)",
-        "min",
-        "median",
-        "p95"
-    );
-    let mut medians = Vec::new();
-    for (i, (_, label, scale)) in PHASES.iter().enumerate() {
-        let s = &mut samples[i];
-        s.sort_by(f64::total_cmp);
-        let unit = if *scale < 1e-2 { "MiB" } else { "ms" };
-        let label = if i == PHASES.len() - 1 {
-            format!("{label} [{unit}]")
-        } else {
-            label.to_string()
-        };
-        if s.is_empty() {
-            let _ = writeln!(report, "{label:<28} {:>10}", "n/a");
-            medians.push(f64::NAN);
-            continue;
-        }
-        let [min, med, p95] = [0, 50, 95].map(|p| percentile(s, p) * scale);
-        let _ = writeln!(report, "{label:<28} {min:>10.2} {med:>10.2} {p95:>10.2}");
-        medians.push(med);
-    }
-    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    Ok(render(config, runs, &gureum, &qemu, qemu_skip))
+}
+
+fn render(cfg: &VmConfig, runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String {
+    let mut r = String::new();
     let _ = writeln!(
-        report,
-        "target: VMM start to first guest instruction <= 3 ms: median {:.2} ms, {}",
-        medians[1],
-        verdict(medians[1] <= 3.0)
+        r,
+        "gureum bench boot: {runs} runs of {} ({} vCPU, {} MiB) on {:?} KVM",
+        cfg.kernel.display(),
+        cfg.vcpus,
+        cfg.memory_mib,
+        kvm_kind().0
     );
-    let _ = write!(
-        report,
-        "target: VMM memory <= 3 MiB: median {:.2} MiB, {}",
-        medians[6],
-        verdict(medians[6] <= 3.0)
+    let _ = writeln!(
+        r,
+        "{:<44} {:>9} {:>9} {:>9}",
+        "gureum (ms)", "min", "median", "p95"
     );
-    Ok(report)
+    let rows = [
+        ("vm_built_us", "VM built (since main)"),
+        ("first_entry_us", "first vCPU entry (since main)"),
+        ("boot_timer_us", "boot-timer write (since main)"),
+        ("shutdown_us", "guest shutdown (since main)"),
+        ("exit_us", "process exit (since main)"),
+        ("marker", "spawn to boot-timer line on the console"),
+        ("wall", "spawn to exit"),
+    ];
+    let line = |r: &mut String, label: &str, s: Option<[f64; 3]>, scale: f64| match s {
+        Some(v) => {
+            let [a, b, c] = v.map(|x| x * scale);
+            let _ = writeln!(r, "{label:<44} {a:>9.2} {b:>9.2} {c:>9.2}");
+        }
+        None => {
+            let _ = writeln!(r, "{label:<44} {:>9}", "n/a");
+        }
+    };
+    for (key, label) in rows {
+        line(&mut r, label, g.stats(key), 1e-3);
+    }
+    line(
+        &mut r,
+        "VMM memory, RSS - guest pages touched (MiB)",
+        g.stats("vmm_kib"),
+        1.0 / 1024.0,
+    );
+    let med = |s: &Samples, k: &str, scale: f64| s.stats(k).map_or(f64::NAN, |v| v[1] * scale);
+    // A target with no measurement says so; it is neither met nor missed.
+    let target = |r: &mut String, what: &str, value: f64, unit: &str, limit: f64| {
+        let _ = if value.is_nan() {
+            writeln!(r, "target: {what} <= {limit}{unit}: no data")
+        } else {
+            let verdict = if value <= limit { "met" } else { "MISSED" };
+            writeln!(
+                r,
+                "target: {what} <= {limit}{unit}: {value:.2}{unit}, {verdict}"
+            )
+        };
+    };
+    target(
+        &mut r,
+        "main to first guest instruction",
+        med(g, "first_entry_us", 1e-3),
+        " ms",
+        3.0,
+    );
+    target(
+        &mut r,
+        "VMM memory",
+        med(g, "vmm_kib", 1.0 / 1024.0),
+        " MiB",
+        3.0,
+    );
+    match skip {
+        Some(why) => {
+            let _ = write!(r, "qemu microvm: skipped ({why})");
+        }
+        None => {
+            let _ = writeln!(
+                r,
+                "{:<44} {:>9} {:>9} {:>9}",
+                "qemu-system-x86_64 -M microvm (ms)", "min", "median", "p95"
+            );
+            line(
+                &mut r,
+                "spawn to boot-timer line on the console",
+                q.stats("marker"),
+                1e-3,
+            );
+            line(&mut r, "spawn to exit", q.stats("wall"), 1e-3);
+            let ratio = med(g, "marker", 1.0) / med(q, "marker", 1.0);
+            target(
+                &mut r,
+                "gureum / QEMU, spawn to the boot-timer line,",
+                ratio,
+                "x",
+                0.5,
+            );
+            r.pop();
+        }
+    }
+    r
 }
 
 #[cfg(test)]
@@ -172,5 +366,45 @@ mod tests {
             ]
         );
         assert!(parse_phases("nothing here").is_empty());
+    }
+
+    #[test]
+    fn missing_data_is_reported_as_such_never_as_zero() {
+        let cfg = VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+        };
+        let mut g = Samples::default();
+        g.push("first_entry_us", 900.0);
+        g.push("first_entry_us", 1100.0);
+        let out = render(
+            &cfg,
+            2,
+            &g,
+            &Samples::default(),
+            Some("qemu-system-x86_64 is not installed".into()),
+        );
+        assert!(out.contains("first vCPU entry (since main)"), "{out}");
+        assert!(out.contains("0.90      0.90      1.10"), "{out}");
+        assert!(
+            out.contains("target: VMM memory <= 3 MiB: no data"),
+            "{out}"
+        );
+        assert!(
+            out.contains("target: main to first guest instruction <= 3 ms: 0.90 ms, met"),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("spawn to exit") && l.ends_with("n/a")),
+            "{out}"
+        );
+        assert!(
+            out.contains("qemu microvm: skipped (qemu-system-x86_64 is not installed)"),
+            "{out}"
+        );
     }
 }

@@ -207,6 +207,54 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
     Ok(kernel)
 }
 
+/// Whether `path` is an ELF kernel with a PVH entry note (Xen's XEN_ELFNOTE_PHYS32_ENTRY, type
+/// 18), which other VMMs can boot directly.
+pub fn has_pvh_note(path: &Path) -> bool {
+    const PT_NOTE: u32 = 4;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut read_at = |offset: u64, buf: &mut [u8]| {
+        file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(buf).is_ok()
+    };
+    let mut ehdr = [0u8; 64];
+    if !read_at(0, &mut ehdr) || !ehdr.starts_with(b"\x7fELF") {
+        return false;
+    }
+    let word = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
+    let quad = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    let (phoff, phnum) = (
+        quad(&ehdr, 0x20),
+        u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]),
+    );
+    for i in 0..u64::from(phnum.min(64)) {
+        let mut ph = [0u8; 56];
+        if !read_at(phoff + i * 56, &mut ph) || word(&ph, 0) != PT_NOTE {
+            continue;
+        }
+        let mut notes = vec![0u8; usize::try_from(quad(&ph, 32).min(1 << 16)).unwrap_or(0)];
+        if !read_at(quad(&ph, 8), &mut notes) {
+            continue;
+        }
+        // Each note: namesz, descsz, type, then name and desc, each padded to 4 bytes.
+        let mut at = 0;
+        while at + 12 <= notes.len() {
+            let (namesz, descsz, kind) =
+                (word(&notes, at), word(&notes, at + 4), word(&notes, at + 8));
+            let name = notes
+                .get(at + 12..at + 12 + namesz as usize)
+                .unwrap_or_default();
+            if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY {
+                return true;
+            }
+            at +=
+                12 + (namesz as usize).next_multiple_of(4) + (descsz as usize).next_multiple_of(4);
+        }
+    }
+    false
+}
+
 /// Whether an ELF kernel has sections only Linux has (`.init.text`, `.data..percpu`), read from
 /// the section-name table alone.
 fn has_linux_sections(file: &mut File) -> bool {

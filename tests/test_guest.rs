@@ -286,3 +286,48 @@ fn bzimage_boots_like_the_elf() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_boot_reports_every_phase() {
+    require_kvm!();
+    let kernel = test_guest().to_str().unwrap();
+    let out = common::gureum(&[
+        "bench",
+        "boot",
+        "--kernel",
+        kernel,
+        "--runs",
+        "2",
+        "--no-qemu",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    for row in [
+        "VM built",
+        "first vCPU entry",
+        "boot-timer write",
+        "spawn to exit",
+        "VMM memory",
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row}: {}", out.stdout));
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .rev()
+            .take(3)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(numbers.iter().all(|v| *v > 0.0), "{line}");
+        assert!(
+            numbers[2] <= numbers[1] && numbers[1] <= numbers[0],
+            "min <= median <= p95: {line}"
+        );
+    }
+    assert!(
+        out.stdout.contains("qemu microvm: skipped (--no-qemu)"),
+        "{}",
+        out.stdout
+    );
+}

@@ -352,6 +352,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
     puts(b" KiB\n");
     report_cpus();
     outb(BOOT_TIMER, 1);
+    puts(b"boot-timer: written\n");
     if let Some(token) = param(cmdline, b"token") {
         puts(b"token: ");
         puts(token);
