@@ -50,7 +50,8 @@ pub struct Report {
     pub module: &'static str,
     pub api_version: i32,
     pub max_vcpus: usize,
-    pub capabilities: Vec<(&'static str, bool)>,
+    /// (capability, present, used by gureum today)
+    pub capabilities: Vec<(&'static str, bool, bool)>,
     /// Nanoseconds per iteration of a `dec; jnz` loop in guest kernel mode.
     pub guest_loop_ns: f64,
     /// Microseconds for one port-I/O exit to gureum and back.
@@ -61,17 +62,19 @@ pub struct Report {
 pub fn check() -> Result<Report, Error> {
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
     let (kind, module) = kvm_kind();
+    // (name, capability, whether gureum uses it today)
     let caps = [
-        ("in-kernel irqchip", Cap::Irqchip),
-        ("in-kernel PIT", Cap::Pit2),
-        ("irqfd", Cap::Irqfd),
-        ("ioeventfd", Cap::Ioeventfd),
-        ("immediate exit", Cap::ImmediateExit),
-        ("TSC deadline timer", Cap::TscDeadlineTimer),
+        ("in-kernel irqchip", Cap::Irqchip, true),
+        ("in-kernel PIT", Cap::Pit2, true),
+        ("irqfd", Cap::Irqfd, true),
+        ("user memory regions", Cap::UserMemory, true),
+        ("ioeventfd", Cap::Ioeventfd, false),
+        ("immediate exit", Cap::ImmediateExit, false),
+        ("TSC deadline timer", Cap::TscDeadlineTimer, false),
     ];
     let capabilities = caps
         .iter()
-        .map(|(n, c)| (*n, kvm.check_extension(*c)))
+        .map(|(n, c, used)| (*n, kvm.check_extension(*c), *used))
         .collect();
     let (short, _) = probe(&kvm, 1, 0)?;
     let iterations = 20_000;
@@ -171,13 +174,14 @@ impl std::fmt::Display for Report {
             self.module, self.api_version
         )?;
         writeln!(f, "max vCPUs:     {}", self.max_vcpus)?;
-        for (name, ok) in &self.capabilities {
-            writeln!(
-                f,
-                "  {:<18} {}",
-                name,
-                if *ok { "yes (used)" } else { "no" }
-            )?;
+        for (name, present, used) in &self.capabilities {
+            let state = match (present, used) {
+                (true, true) => "yes, used",
+                (true, false) => "yes",
+                (false, true) => "MISSING (gureum needs it)",
+                (false, false) => "no",
+            };
+            writeln!(f, "  {name:<20} {state}")?;
         }
         writeln!(
             f,

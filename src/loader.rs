@@ -87,8 +87,7 @@ const XLF_KERNEL_64: u16 = 1;
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// The format of the kernel file, from its first bytes.
-pub fn detect(path: &Path) -> Result<KernelFormat, Error> {
-    let mut file = File::open(path).map_err(|e| Error::OpenKernel(path.into(), e))?;
+fn detect(path: &Path, file: &mut File) -> Result<KernelFormat, Error> {
     let mut head = Vec::with_capacity(0x210);
     file.by_ref()
         .take(0x210)
@@ -120,8 +119,8 @@ pub fn detect(path: &Path) -> Result<KernelFormat, Error> {
 /// The kernel's format, and whether it is Linux: an ELF with Linux's sections, or a bzImage
 /// whose setup header points at a kernel version string.
 pub fn identify(path: &Path) -> Result<(KernelFormat, bool), Error> {
-    let format = detect(path)?;
     let mut file = File::open(path).map_err(|e| Error::OpenKernel(path.into(), e))?;
+    let format = detect(path, &mut file)?;
     let is_linux = match format {
         KernelFormat::BzImage => has_version_string(&mut file),
         KernelFormat::Elf => has_linux_sections(&mut file),
@@ -147,8 +146,8 @@ fn has_version_string(file: &mut File) -> bool {
 
 /// Load the kernel at the addresses it asks for and find its 64-bit entry point.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, Error> {
-    let format = detect(path)?;
     let mut file = File::open(path).map_err(|e| Error::OpenKernel(path.into(), e))?;
+    let format = detect(path, &mut file)?;
     let load_err = |source| Error::Load {
         path: path.into(),
         format,
