@@ -13,14 +13,9 @@ cache=${GUREUM_CACHE:-/var/cache/gureum}
 jobs=$(nproc)
 log() { printf 'guest-kernels: %s\n' "$*" >&2; }
 
-need_pkgs=(linux-source bc bison flex libelf-dev libssl-dev lz4 cpio busybox-static make gcc)
-missing=()
-for p in "${need_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=../scripts/lib.sh
+. "$here/../scripts/lib.sh"
+ensure_packages linux-source bc bison flex libelf-dev libssl-dev lz4 cpio busybox-static make gcc
 
 tarball=$(ls /usr/src/linux-source-*.tar.xz | sort -V | tail -n 1)
 version=$(basename "$tarball" .tar.xz)

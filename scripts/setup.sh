@@ -8,14 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-pkgs=(build-essential qemu-system-x86 util-linux)
-missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=lib.sh
+. "$root/scripts/lib.sh"
+ensure_packages build-essential qemu-system-x86 util-linux
 
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -165,7 +165,17 @@ fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, Error> {
             )
         })
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(mib, e))
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(mib, e))?;
+    for region in memory.iter() {
+        if let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+            let len = usize::try_from(region.len()).unwrap_or(0);
+            // SAFETY: advises the kernel about a mapping `memory` owns; it changes no contents.
+            // Guest RAM is never inherited by child processes, and its distinct flags keep its
+            // mappings apart from the heap's in /proc/self/smaps.
+            unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTFORK) };
+        }
+    }
+    Ok(memory)
 }
 
 fn register_guest_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), Error> {
@@ -274,22 +284,80 @@ impl Vmm {
     }
 }
 
-/// Bytes of guest memory the guest has touched (resident in the host).
+/// Bytes of guest memory the guest has written: the resident set of guest memory's own mappings,
+/// from /proc/self/smaps. (Pages the guest only read map the shared zero page and cost nothing;
+/// mincore would count them.)
 fn touched_bytes(memory: &GuestMemoryMmap) -> u64 {
-    const PAGE: usize = 4096;
-    let mut total = 0u64;
-    for region in memory.iter() {
-        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
-            continue;
-        };
-        let len = usize::try_from(region.len()).unwrap_or(0);
-        let mut vec = vec![0u8; len.div_ceil(PAGE)];
-        // SAFETY: `host..host+len` is one live mapping owned by `memory`; `vec` has one byte
-        // per page of it, as mincore requires.
-        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
-        if rc == 0 {
-            total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
+    let regions: Vec<(u64, u64)> = memory
+        .iter()
+        .filter_map(|r| {
+            let host = r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()? as u64;
+            Some((host, host + r.len()))
+        })
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    guest_rss_kib(&smaps, &regions) * 1024
+}
+
+/// Sum the `Rss:` of the smaps entries that overlap one of `regions` (host address ranges).
+fn guest_rss_kib(smaps: &str, regions: &[(u64, u64)]) -> u64 {
+    let mut inside = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
+            let bounds = range.split_once('-').and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            });
+            inside = bounds.is_some_and(|(a, b)| regions.iter().any(|&(s, e)| a < e && b > s));
+        } else if let Some(rss) = line.strip_prefix("Rss:").filter(|_| inside) {
+            total += rss
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_rss_counts_only_guest_mappings() {
+        let smaps = "\
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:                 512 kB
+Pss:                 512 kB
+7f0008000000-7f0008001000 rw-p 00000000 00:00 0
+Rss:                   4 kB
+55d000000000-55d000100000 r-xp 00000000 fd:00 42 /usr/bin/gureum
+Rss:                 900 kB
+";
+        let guest = [(0x7f00_0000_0000, 0x7f00_0800_0000)];
+        assert_eq!(guest_rss_kib(smaps, &guest), 512);
+        assert_eq!(guest_rss_kib(smaps, &[]), 0);
+    }
+
+    #[test]
+    fn guest_rss_of_this_process_sees_written_pages_only() {
+        let mem = create_guest_memory(16).unwrap();
+        let before = touched_bytes(&mem);
+        let mut buf = [0u8; 1];
+        for page in 0..64u64 {
+            // Reads map the zero page; they must not count.
+            vm_memory::Bytes::read_slice(&mem, &mut buf, GuestAddress(page * 4096)).unwrap();
+        }
+        assert_eq!(touched_bytes(&mem), before);
+        for page in 0..64u64 {
+            vm_memory::Bytes::write_slice(&mem, &[1], GuestAddress(page * 4096)).unwrap();
+        }
+        assert_eq!(touched_bytes(&mem) - before, 64 * 4096);
+    }
 }

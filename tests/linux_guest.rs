@@ -106,3 +106,85 @@ fn bzimage_boots_to_init_with_1_and_2_vcpus() {
         boot_linux(bzimage.to_str().unwrap(), initrd.to_str().unwrap(), vcpus);
     }
 }
+
+/// Runs on every KVM host, PVM included: the real kernel, entered through gureum's 64-bit boot
+/// path, reports what it read from gureum's boot structures early in its boot (before the point
+/// where a PVM host's emulator gives up on it). The run is stopped once it has.
+#[test]
+fn linux_reads_the_command_line_e820_mp_table_and_initrd() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    require_kvm!();
+    let (vmlinux, _, initrd) = default_guest();
+    let token = common::token();
+    let cmdline = format!(
+        "console=ttyS0 earlyprintk=serial,ttyS0,keep reboot=k panic=1 gureum.token={token}"
+    );
+    let args = [
+        "boot",
+        "--allow-pvm-linux",
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--vcpus",
+        "2",
+        "--memory",
+        "128",
+    ];
+    let mut child = common::spawn(&args, None);
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while start.elapsed() < Duration::from_secs(120) {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => {
+                let done = line.starts_with("Processors: ");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = lines.join("\n");
+    eprintln!("the kernel got this far in {:?}", start.elapsed());
+    let has = |s: &str| lines.iter().any(|l| l.contains(s));
+    assert!(has(&format!("Command line: {cmdline}")), "{log}");
+    for range in [
+        "[mem 0x0000000000000000-0x000000000009fbff] usable",
+        "[mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "[mem 0x0000000000100000-0x0000000007ffffff] usable",
+    ] {
+        assert!(has(&format!("BIOS-e820: {range}")), "{range}\n{log}");
+    }
+    assert!(
+        has("found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]"),
+        "{log}"
+    );
+    assert!(has("MPTABLE: OEM ID: GUREUM"), "{log}");
+    assert!(has("Processor #1") && has("Processors: 2"), "{log}");
+    // The initrd sits page-aligned at the top of low memory.
+    let size = std::fs::metadata(&initrd).unwrap().len();
+    let start_addr = (0x800_0000 - size) & !0xfff;
+    assert!(
+        has(&format!("RAMDISK: [mem {start_addr:#010x}-0x07ffffff]")),
+        "{log}"
+    );
+}
