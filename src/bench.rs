@@ -376,6 +376,8 @@ mod tests {
             cmdline: String::new(),
             vcpus: 1,
             memory_mib: 128,
+            disks: Vec::new(),
+            rng: false,
         };
         let mut g = Samples::default();
         g.push("first_entry_us", 900.0);

@@ -58,6 +58,14 @@ pub struct BootArgs {
     /// Flags given here override the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A virtio-blk disk backed by a raw image: PATH[,ro][,root][,id=ID]. Repeat for more.
+    /// `root` boots from it (root=/dev/vda); `ro` makes guest writes fail with an I/O error;
+    /// `id` is what the guest reads as the disk's serial (default disk<N>).
+    #[arg(long, value_name = "PATH[,ro][,root][,id=ID]")]
+    pub disk: Vec<crate::config::DiskConfig>,
+    /// A virtio-rng device, fed from the host's /dev/urandom.
+    #[arg(long)]
+    pub rng: bool,
     /// Stop the guest after this many seconds and exit 124.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -11,6 +11,7 @@ mod loader;
 mod phases;
 mod term;
 mod vcpu;
+mod virtio_devices;
 mod vmm;
 
 use std::path::PathBuf;
@@ -122,6 +123,8 @@ fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
         cmdline: args.cmdline.clone(),
         vcpus: args.vcpus,
         memory_mib: args.memory,
+        disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
+        rng: args.rng.then_some(true),
     };
     if flags.kernel.is_none() && file.kernel.is_none() {
         let (kernel, initrd) = default_guest();

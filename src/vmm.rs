@@ -23,6 +23,8 @@ use crate::event_loop::{ConsoleInput, ExitWatcher, Outcome, block_exit_signals};
 use crate::loader;
 use crate::phases::Phases;
 use crate::vcpu::{self, ExitSlot, Vcpu};
+use crate::virtio_devices;
+use gureum_devices::virtio::VirtioHandler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,6 +54,8 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    #[error(transparent)]
+    Virtio(#[from] virtio_devices::Error),
     #[error("event loop")]
     EventLoop(#[source] event_manager::Error),
 }
@@ -69,6 +73,7 @@ pub struct Vmm {
     i8042_reset: EventFd,
     exit: Arc<ExitSlot>,
     boot_timer: BootTimer,
+    virtio: Vec<VirtioHandler>,
 }
 
 struct LegacyDevices {
@@ -88,13 +93,16 @@ impl TryFrom<&VmConfig> for Vmm {
         let memory = create_guest_memory(cfg.memory_mib)?;
         register_guest_memory(&vm, &memory)?;
         create_irqchip(&vm)?;
+        let mut mmio = Bus::new();
+        let virtio = virtio_devices::attach(&vm, &mut mmio, &memory, cfg)?;
 
         let kernel = loader::load_kernel(&memory, &cfg.kernel)?;
         let initrd = match &cfg.initrd {
             Some(path) => Some(loader::load_initrd(&memory, path, &kernel)?),
             None => None,
         };
-        let cmdline_len = loader::load_cmdline(&memory, &cfg.cmdline, &kernel)?;
+        let cmdline = format!("{}{}", cfg.cmdline, virtio.cmdline);
+        let cmdline_len = loader::load_cmdline(&memory, &cmdline, &kernel)?;
         zero_page::write(
             &memory,
             kernel.setup_header,
@@ -107,7 +115,7 @@ impl TryFrom<&VmConfig> for Vmm {
 
         let mut pio = Bus::new();
         let legacy = attach_legacy_devices(&vm, &mut pio)?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let exit = Arc::new(ExitSlot::new(eventfd()?));
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -129,6 +137,7 @@ impl TryFrom<&VmConfig> for Vmm {
             i8042_reset: legacy.i8042_reset,
             exit,
             boot_timer: legacy.boot_timer,
+            virtio: virtio.handlers,
         })
     }
 }
@@ -260,6 +269,9 @@ impl Vmm {
         events.add_subscriber(Arc::new(Mutex::new(watcher)));
         let console = ConsoleInput::new(self.serial.clone(), self.serial_ready);
         events.add_subscriber(Arc::new(Mutex::new(console)));
+        for handler in self.virtio {
+            events.add_subscriber(Arc::new(Mutex::new(handler)));
+        }
 
         phases.vm_built = Some(Instant::now());
         let first_entry = Arc::new(OnceLock::new());

@@ -185,7 +185,7 @@ fn bad_config_files() {
     let drives = write("drives.json", r#"{"drives": [{"drive_id": "root"}]}"#);
     assert_says(
         &fails(&["boot", "--config", &drives]),
-        &["\"drives\" are not supported yet"],
+        &["drives", "missing field `path_on_host`"],
     );
     assert_says(
         &fails(&["boot", "--config", &dir.join("none.json").to_string_lossy()]),

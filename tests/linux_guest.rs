@@ -112,10 +112,6 @@ fn bzimage_boots_to_init_with_1_and_2_vcpus() {
 /// where a PVM host's emulator gives up on it). The run is stopped once it has.
 #[test]
 fn linux_reads_the_command_line_e820_mp_table_and_initrd() {
-    use std::io::{BufRead, BufReader};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
-
     require_kvm!();
     let (vmlinux, _, initrd) = default_guest();
     let token = common::token();
@@ -136,33 +132,9 @@ fn linux_reads_the_command_line_e820_mp_table_and_initrd() {
         "--memory",
         "128",
     ];
-    let mut child = common::spawn(&args, None);
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut lines = Vec::new();
-    while start.elapsed() < Duration::from_secs(120) {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => {
-                let done = line.starts_with("Processors: ");
-                lines.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let start = std::time::Instant::now();
+    let deadline = std::time::Duration::from_secs(120);
+    let (lines, _) = common::run_until(&args, |l| l.starts_with("Processors: "), deadline);
     let log = lines.join("\n");
     eprintln!("the kernel got this far in {:?}", start.elapsed());
     let has = |s: &str| lines.iter().any(|l| l.contains(s));

@@ -196,3 +196,40 @@ pub fn make_bzimage(elf: &Path, out: &Path, xloadflags: u16) {
     image.extend_from_slice(&payload);
     std::fs::write(out, image).unwrap();
 }
+
+/// Run gureum until a console line satisfies `done` (or `deadline` passes), then SIGKILL it.
+/// Returns the lines seen, and whether `done` was met.
+pub fn run_until(
+    args: &[&str],
+    done: impl Fn(&str) -> bool,
+    deadline: Duration,
+) -> (Vec<String>, bool) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    let mut child = spawn(args, None);
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    let mut met = false;
+    while !met && start.elapsed() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                met = done(&line);
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (lines, met)
+}

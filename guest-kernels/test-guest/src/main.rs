@@ -12,6 +12,8 @@
 use core::arch::{asm, global_asm};
 
 mod mem;
+mod scenarios;
+mod virtio;
 
 const SERIAL: u16 = 0x3f8;
 const SERIAL_LSR: u16 = SERIAL + 5;
@@ -129,13 +131,13 @@ fn inb(port: u16) -> u8 {
     value
 }
 
-fn puts(s: &[u8]) {
+pub fn puts(s: &[u8]) {
     for &b in s {
         outb(SERIAL, b);
     }
 }
 
-fn put_hex(v: u64) {
+pub fn put_hex(v: u64) {
     puts(b"0x");
     let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
@@ -143,7 +145,7 @@ fn put_hex(v: u64) {
     }
 }
 
-fn put_dec(mut v: u64) {
+pub fn put_dec(mut v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -361,6 +363,9 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
     match param(cmdline, b"scenario") {
         None | Some(b"reset") => {}
         Some(b"echo") => echo_line(),
+        Some(b"virtio-rng") => scenarios::rng(cmdline),
+        Some(b"virtio-blk") => scenarios::blk(cmdline),
+        Some(b"virtio-hostile") => scenarios::hostile(cmdline),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {
@@ -371,6 +376,12 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
             puts(b"scenario: unknown ");
             puts(other);
             puts(b"\n");
+        }
+    }
+    if param(cmdline, b"then") == Some(b"hang") {
+        puts(b"hang: spinning until stopped\n");
+        loop {
+            core::hint::spin_loop();
         }
     }
     reset()

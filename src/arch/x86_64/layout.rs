@@ -36,6 +36,10 @@ pub const IOAPIC_BASE: u32 = 0xfec0_0000;
 /// The identity map for the TSS that KVM needs on Intel hosts, just below the IOAPIC.
 pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// Virtio-mmio devices: 4 KiB windows from here (inside the MMIO gap), IRQs from 5 up.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+
 /// Legacy ports.
 pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;

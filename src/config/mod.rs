@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::{layout::CMDLINE_MAX_SIZE, mptable};
 
+mod disk;
+pub use disk::{DiskConfig, Drive, MAX_ID_LEN};
+
+/// Virtio devices one VM may have (one MMIO window and one IRQ each).
+pub const MAX_VIRTIO_DEVICES: usize = 16;
+
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Boots fast: serial console, reset through the i8042 on reboot, no PCI or module probing,
@@ -21,6 +27,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// Root disk first, if there is one.
+    pub disks: Vec<DiskConfig>,
+    pub rng: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,14 @@ pub enum Error {
     CmdlineTooLong(usize),
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("{0} disks are marked as root; at most one can be")]
+    RootDisks(usize),
+    #[error("two disks have the id {0:?}")]
+    DuplicateDiskId(String),
+    #[error("disk id {0:?} is longer than {MAX_ID_LEN} bytes")]
+    DiskIdTooLong(String),
+    #[error("{0} virtio devices asked for; at most {MAX_VIRTIO_DEVICES}")]
+    TooManyDevices(usize),
 }
 
 /// Firecracker's configuration file, limited to what gureum supports.
@@ -56,12 +73,18 @@ pub struct FirecrackerConfig {
     pub boot_source: Option<BootSource>,
     #[serde(rename = "machine-config")]
     pub machine_config: Option<MachineConfig>,
-    /// Accepted only empty until gureum has virtio devices.
     #[serde(default)]
-    pub drives: Vec<serde_json::Value>,
+    pub drives: Vec<Drive>,
+    /// Accepted only empty until gureum has virtio-net.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<serde_json::Value>,
+    /// Firecracker's entropy device: present means virtio-rng.
+    pub entropy: Option<Entropy>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,9 +120,6 @@ impl FirecrackerConfig {
                 what: what.into(),
             })
         };
-        if !cfg.drives.is_empty() {
-            return unsupported("\"drives\" are not supported yet (virtio-blk is coming)");
-        }
         if !cfg.network_interfaces.is_empty() {
             return unsupported(
                 "\"network-interfaces\" are not supported yet (virtio-net is coming)",
@@ -125,12 +145,21 @@ pub struct VmOverrides {
     pub cmdline: Option<String>,
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
+    pub disks: Option<Vec<DiskConfig>>,
+    pub rng: Option<bool>,
 }
 
 impl From<FirecrackerConfig> for VmOverrides {
     fn from(cfg: FirecrackerConfig) -> Self {
         let (boot, machine) = (cfg.boot_source, cfg.machine_config);
+        let disks = cfg
+            .drives
+            .into_iter()
+            .map(DiskConfig::from)
+            .collect::<Vec<_>>();
         Self {
+            disks: (!disks.is_empty()).then_some(disks),
+            rng: cfg.entropy.map(|_| true),
             kernel: boot.as_ref().map(|b| b.kernel_image_path.clone()),
             initrd: boot.as_ref().and_then(|b| b.initrd_path.clone()),
             cmdline: boot.and_then(|b| b.boot_args),
@@ -149,6 +178,8 @@ impl VmOverrides {
             cmdline: flags.cmdline.or(self.cmdline),
             vcpus: flags.vcpus.or(self.vcpus),
             memory_mib: flags.memory_mib.or(self.memory_mib),
+            disks: flags.disks.or(self.disks),
+            rng: flags.rng.or(self.rng),
         }
     }
 
@@ -175,14 +206,43 @@ impl VmOverrides {
         if cmdline.contains('\0') {
             return Err(Error::CmdlineNul);
         }
+        let disks = validate_disks(self.disks.unwrap_or_default())?;
+        let rng = self.rng.unwrap_or(false);
+        let devices = disks.len() + usize::from(rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(Error::TooManyDevices(devices));
+        }
         Ok(VmConfig {
             kernel,
             initrd: self.initrd,
             cmdline,
             vcpus,
             memory_mib,
+            disks,
+            rng,
         })
     }
+}
+
+/// At most one root disk, put first (it becomes /dev/vda); ids unique and short enough.
+fn validate_disks(mut disks: Vec<DiskConfig>) -> Result<Vec<DiskConfig>, Error> {
+    let roots = disks.iter().filter(|d| d.root).count();
+    if roots > 1 {
+        return Err(Error::RootDisks(roots));
+    }
+    disks.sort_by_key(|d| !d.root);
+    for (i, disk) in disks.iter_mut().enumerate() {
+        let id = disk.id.get_or_insert_with(|| format!("disk{i}"));
+        if id.len() > MAX_ID_LEN {
+            return Err(Error::DiskIdTooLong(id.clone()));
+        }
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        if disks[..i].iter().any(|d| d.id == disk.id) {
+            return Err(Error::DuplicateDiskId(disk.id.clone().unwrap_or_default()));
+        }
+    }
+    Ok(disks)
 }
 
 #[cfg(test)]
@@ -219,7 +279,9 @@ mod tests {
                 initrd: Some("/i".into()),
                 cmdline: "a=b".into(),
                 vcpus: 2,
-                memory_mib: 256
+                memory_mib: 256,
+                disks: Vec::new(),
+                rng: false,
             }
         );
     }
@@ -248,7 +310,14 @@ mod tests {
         let e = parse(r#"{"machine": {}}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `machine`"), "{e}");
         let e = parse(r#"{"drives": [{"drive_id": "rootfs"}]}"#).unwrap_err();
-        assert!(e.to_string().contains("drives"), "{e}");
+        assert!(
+            e.to_string().contains("missing field `path_on_host`"),
+            "{e}"
+        );
+        let e = parse(r#"{"drives": [{"drive_id": "r", "path_on_host": "/x", "is_root_device": false, "cache_type": "Unsafe"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `cache_type`"), "{e}");
+        let e = parse(r#"{"network-interfaces": [{"iface_id": "eth0"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Device scenarios: the guest half of gureum's virtio tests. Each prints what it saw; the host
+//! half (tests/virtio.rs) checks it, and the disk image.
+
+use crate::virtio::{self, Queue, r32, w32};
+use crate::{put_dec, put_hex, puts};
+
+const BLK: u32 = 2;
+const RNG: u32 = 4;
+
+fn write_bytes(addr: u64, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        // SAFETY: the driver's scratch area in guest RAM.
+        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) }
+    }
+}
+
+fn read_byte(addr: u64) -> u8 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+fn started(cmdline: &[u8], kind: u32, features: u32, size: u32) -> Option<Queue> {
+    let Some((index, base)) = virtio::find(cmdline, kind) else {
+        puts(b"virtio: no such device\n");
+        return None;
+    };
+    match virtio::init(base, index, features, size) {
+        Ok(q) => Some(q),
+        Err(status) => {
+            puts(b"virtio: init failed, status ");
+            put_hex(u64::from(status));
+            puts(b"\n");
+            None
+        }
+    }
+}
+
+fn say(what: &[u8], value: Option<u32>) {
+    puts(what);
+    match value {
+        Some(v) => put_dec(u64::from(v)),
+        None => puts(b"timeout"),
+    }
+    puts(b"\n");
+}
+
+pub fn rng(cmdline: &[u8]) {
+    let Some(mut q) = started(cmdline, RNG, 0, 8) else { return };
+    let buf = q.buffers();
+    let len = q.submit(&[(buf, 64, true)]).unwrap_or(0);
+    let mut seen = [false; 256];
+    for i in 0..u64::from(len) {
+        seen[usize::from(read_byte(buf + i))] = true;
+    }
+    puts(b"rng: ");
+    put_dec(u64::from(len));
+    puts(b" bytes, ");
+    put_dec(seen.iter().filter(|s| **s).count() as u64);
+    puts(b" distinct\n");
+}
+
+/// One block request: header (type, sector), optional data buffer, status byte.
+fn blk_request(q: &mut Queue, kind: u32, sector: u64, data: Option<(u64, u32, bool)>) -> u8 {
+    let hdr = q.buffers();
+    let status = hdr + 0x100;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    write_bytes(hdr, &h);
+    write_bytes(status, &[0xff]);
+    let done = match data {
+        Some(d) => q.submit(&[(hdr, 16, false), d, (status, 1, true)]),
+        None => q.submit(&[(hdr, 16, false), (status, 1, true)]),
+    };
+    if done.is_none() {
+        return 0xee;
+    }
+    read_byte(status)
+}
+
+fn status(what: &[u8], s: u8) {
+    puts(b"blk: ");
+    puts(what);
+    puts(b" status=");
+    put_dec(u64::from(s));
+    puts(b"\n");
+}
+
+/// Read sector 0, write sector 1, flush, read it back, discard sector 2, get the id, read past
+/// the end.
+pub fn blk(cmdline: &[u8]) {
+    // FLUSH, DISCARD, WRITE_ZEROES, RO: the driver takes what the device offers of these.
+    let features = (1 << 5) | (1 << 9) | (1 << 13) | (1 << 14);
+    let Some(mut q) = started(cmdline, BLK, features, 8) else { return };
+    let capacity = u64::from(r32(q.base + 0x100)) | u64::from(r32(q.base + 0x104)) << 32;
+    puts(b"blk: capacity ");
+    put_dec(capacity);
+    puts(b" sectors\n");
+    let data = q.buffers() + 0x1000;
+    let back = q.buffers() + 0x2000;
+
+    let s = blk_request(&mut q, 0, 0, Some((data, 512, true)));
+    status(b"read sector 0", s);
+    puts(b"blk: sector 0 begins ");
+    for i in 0..16 {
+        let c = read_byte(data + i);
+        puts(&[if c.is_ascii_graphic() { c } else { b'.' }]);
+    }
+    puts(b"\n");
+
+    let mut sector = [0x5au8; 512];
+    sector[..16].copy_from_slice(b"written-by-guest");
+    write_bytes(data, &sector);
+    status(b"write sector 1", blk_request(&mut q, 1, 1, Some((data, 512, false))));
+    status(b"flush", blk_request(&mut q, 4, 0, None));
+    let s = blk_request(&mut q, 0, 1, Some((back, 512, true)));
+    let same = (0..512).all(|i| read_byte(back + i) == sector[i as usize]);
+    status(if same { b"read back (same)" } else { b"read back (DIFFERENT)" }, s);
+
+    let seg = q.buffers() + 0x3000;
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&2u64.to_le_bytes());
+    d[8..12].copy_from_slice(&1u32.to_le_bytes());
+    write_bytes(seg, &d);
+    status(b"discard sector 2", blk_request(&mut q, 11, 0, Some((seg, 16, false))));
+
+    let s = blk_request(&mut q, 8, 0, Some((data, 20, true)));
+    puts(b"blk: id ");
+    for i in 0..20 {
+        match read_byte(data + i) {
+            0 => break,
+            c => puts(&[c]),
+        }
+    }
+    puts(b"\n");
+    status(b"get id", s);
+    status(b"read past the end", blk_request(&mut q, 0, capacity, Some((data, 512, true))));
+}
+
+/// What a hostile or broken driver might do; the device must answer sanely and keep working.
+pub fn hostile(cmdline: &[u8]) {
+    let Some((index, base)) = virtio::find(cmdline, RNG) else {
+        puts(b"hostile: no rng device\n");
+        return;
+    };
+    // A notify before the device is set up.
+    w32(base + virtio::STATUS, 0);
+    w32(base + 0x050, 0);
+    puts(b"hostile: notified before activation\n");
+    // A queue size that is not a power of two.
+    match virtio::init(base, index, 0, 6) {
+        Err(s) if s & virtio::NEEDS_RESET != 0 => puts(b"hostile: queue size 6 refused (needs reset)\n"),
+        _ => puts(b"hostile: queue size 6 ACCEPTED\n"),
+    }
+    // Config-space writes out of range, and writes to read-only registers.
+    w32(base + 0x100 + 0xefc, 0xdead_beef);
+    w32(base + 0x000, 0);
+    w32(base + 0x008, 0);
+    let Ok(mut q) = virtio::init(base, index, 0, 8) else {
+        puts(b"hostile: could not restart the device\n");
+        return;
+    };
+    let buf = q.buffers();
+    say(b"hostile: buffer outside memory -> ", q.submit(&[(0xffff_0000_0000, 64, true)]));
+    say(b"hostile: read-only buffer -> ", q.submit(&[(buf, 64, false)]));
+    say(b"hostile: zero length -> ", q.submit(&[(buf, 0, true)]));
+    // A descriptor loop: 0 -> 1 -> 0 -> ...
+    q.raw_desc(0, buf, 16, 2 | 1, 1);
+    q.raw_desc(1, buf, 16, 2 | 1, 0);
+    say(b"hostile: descriptor loop -> ", q.publish(0));
+    // A chain longer than the queue: 8 descriptors all chained, the last pointing back.
+    for i in 0..8u16 {
+        q.raw_desc(i, buf + u64::from(i) * 16, 16, 2 | 1, (i + 1) % 8);
+    }
+    say(b"hostile: chain longer than the queue -> ", q.publish(0));
+    say(b"hostile: a good request after all that -> ", q.submit(&[(buf, 32, true)]));
+}

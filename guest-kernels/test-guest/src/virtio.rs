@@ -1,0 +1,164 @@
+//! A minimal virtio-mmio driver: find devices on the command line, negotiate VERSION_1, set up
+//! queue 0, submit one chain at a time and poll the used ring. No interrupts.
+
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{Ordering, fence};
+
+pub const STATUS: u64 = 0x070;
+pub const NEEDS_RESET: u32 = 0x40;
+const WRITE: u16 = 2;
+const NEXT: u16 = 1;
+/// Where the driver keeps rings and buffers: 64 KiB per device from 4 MiB up.
+pub const SCRATCH: u64 = 0x40_0000;
+
+pub fn r32(addr: u64) -> u32 {
+    // SAFETY: a device register (or guest RAM) the VMM set up; identity mapped.
+    unsafe { read_volatile(addr as *const u32) }
+}
+
+pub fn w32(addr: u64, v: u32) {
+    // SAFETY: as above.
+    unsafe { write_volatile(addr as *mut u32, v) }
+}
+
+fn w16(addr: u64, v: u16) {
+    // SAFETY: guest RAM in the driver's scratch area.
+    unsafe { write_volatile(addr as *mut u16, v) }
+}
+
+fn r16(addr: u64) -> u16 {
+    // SAFETY: as above.
+    unsafe { read_volatile(addr as *const u16) }
+}
+
+fn w64(addr: u64, v: u64) {
+    // SAFETY: as above.
+    unsafe { write_volatile(addr as *mut u64, v) }
+}
+
+/// The base addresses in `virtio_mmio.device=4K@0xBASE:IRQ` entries, in order.
+pub fn devices(cmdline: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    cmdline.split(|&b| b == b' ').filter_map(|w| {
+        let rest = w.strip_prefix(b"virtio_mmio.device=")?;
+        let at = rest.iter().position(|&b| b == b'@')?;
+        let hex = rest[at + 1..].strip_prefix(b"0x")?;
+        let mut v = 0u64;
+        for &c in hex.iter().take_while(|&&c| c != b':') {
+            v = v * 16 + u64::from((c as char).to_digit(16)?);
+        }
+        Some(v)
+    })
+}
+
+/// The first device of type `kind`, and its index on the command line.
+pub fn find(cmdline: &[u8], kind: u32) -> Option<(usize, u64)> {
+    devices(cmdline)
+        .enumerate()
+        .find(|&(_, base)| r32(base) == 0x7472_6976 && r32(base + 4) == 2 && r32(base + 8) == kind)
+}
+
+pub struct Queue {
+    pub base: u64,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    size: u16,
+    last_used: u16,
+}
+
+/// Reset, negotiate VERSION_1 plus `features` (low word), set queue 0 to `size` entries and
+/// start the device. Returns the status register on failure.
+pub fn init(base: u64, index: usize, features: u32, size: u32) -> Result<Queue, u32> {
+    w32(base + STATUS, 0);
+    w32(base + STATUS, 1 | 2);
+    w32(base + 0x014, 1);
+    if r32(base + 0x010) & 1 == 0 {
+        return Err(r32(base + STATUS));
+    }
+    w32(base + 0x014, 0);
+    let offered = r32(base + 0x010);
+    w32(base + 0x024, 0);
+    w32(base + 0x020, features & offered);
+    w32(base + 0x024, 1);
+    w32(base + 0x020, 1);
+    w32(base + STATUS, 1 | 2 | 8);
+    if r32(base + STATUS) & 8 == 0 {
+        return Err(r32(base + STATUS));
+    }
+    let area = SCRATCH + index as u64 * 0x1_0000;
+    for off in (0..0x3000).step_by(8) {
+        w64(area + off, 0);
+    }
+    w32(base + 0x030, 0);
+    let size = size.min(r32(base + 0x034));
+    w32(base + 0x038, size);
+    let (desc, avail, used) = (area, area + 0x1000, area + 0x2000);
+    for (reg, addr) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
+        w32(base + reg, addr as u32);
+        w32(base + reg + 4, (addr >> 32) as u32);
+    }
+    w32(base + 0x044, 1);
+    w32(base + STATUS, 1 | 2 | 8 | 4);
+    let status = r32(base + STATUS);
+    if status & NEEDS_RESET != 0 || status & 4 == 0 {
+        return Err(status);
+    }
+    Ok(Queue { base, desc, avail, used, size: size as u16, last_used: 0 })
+}
+
+impl Queue {
+    /// Where this device's data buffers may go (after its rings).
+    pub fn buffers(&self) -> u64 {
+        self.desc + 0x3000
+    }
+
+    /// Submit one chain of (address, length, device-writable) buffers starting at descriptor
+    /// `first`, wait for the device, and return the length it reports (None if it never answers).
+    pub fn submit_at(&mut self, first: u16, bufs: &[(u64, u32, bool)]) -> Option<u32> {
+        let n = bufs.len() as u16;
+        for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let i = i as u16;
+            let slot = (first + i) % self.size;
+            let d = self.desc + u64::from(slot) * 16;
+            let last = i + 1 == n;
+            let flags = if writable { WRITE } else { 0 } | if last { 0 } else { NEXT };
+            w64(d, addr);
+            w32(d + 8, len);
+            w16(d + 12, flags);
+            w16(d + 14, (slot + 1) % self.size);
+        }
+        self.publish(first % self.size)
+    }
+
+    /// Put descriptor `head` (already written) on the available ring and wait for it.
+    pub fn publish(&mut self, head: u16) -> Option<u32> {
+        let idx = r16(self.avail + 2);
+        w16(self.avail + 4 + u64::from(idx % self.size) * 2, head);
+        fence(Ordering::SeqCst);
+        w16(self.avail + 2, idx.wrapping_add(1));
+        fence(Ordering::SeqCst);
+        w32(self.base + 0x050, 0);
+        for _ in 0..2_000_000u32 {
+            if r16(self.used + 2) != self.last_used {
+                let slot = u64::from(self.last_used % self.size);
+                self.last_used = self.last_used.wrapping_add(1);
+                return Some(r32(self.used + 4 + slot * 8 + 4));
+            }
+            core::hint::spin_loop();
+        }
+        None
+    }
+
+    pub fn submit(&mut self, bufs: &[(u64, u32, bool)]) -> Option<u32> {
+        self.submit_at(0, bufs)
+    }
+
+    /// Write a raw descriptor, for hostile chains.
+    pub fn raw_desc(&self, slot: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = self.desc + u64::from(slot % self.size) * 16;
+        w64(d, addr);
+        w32(d + 8, len);
+        w16(d + 12, flags);
+        w16(d + 14, next);
+    }
+}
