@@ -377,6 +377,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             disks: Vec::new(),
+            nets: Vec::new(),
             rng: false,
         };
         let mut g = Samples::default();

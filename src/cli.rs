@@ -63,6 +63,11 @@ pub struct BootArgs {
     /// `id` is what the guest reads as the disk's serial (default disk<N>).
     #[arg(long, value_name = "PATH[,ro][,root][,id=ID]")]
     pub disk: Vec<crate::config::DiskConfig>,
+    /// A virtio-net interface on an existing TAP device: tap=NAME[,mac=MAC]. Repeat for more.
+    /// Checksum and TCP segmentation offloads are negotiated with the guest and passed to the
+    /// TAP. The MAC defaults to a made-up locally administered one.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<crate::config::NetConfig>,
     /// A virtio-rng device, fed from the host's /dev/urandom.
     #[arg(long)]
     pub rng: bool,

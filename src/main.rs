@@ -124,6 +124,7 @@ fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
         vcpus: args.vcpus,
         memory_mib: args.memory,
         disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
+        nets: (!args.net.is_empty()).then(|| args.net.clone()),
         rng: args.rng.then_some(true),
     };
     if flags.kernel.is_none() && file.kernel.is_none() {

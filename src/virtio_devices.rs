@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use gureum_devices::Bus;
 use gureum_devices::virtio::block::{Block, Disk};
 use gureum_devices::virtio::mmio::{MMIO_SIZE, QUEUE_NOTIFY};
+use gureum_devices::virtio::net::{Net, Tap, TapError};
 use gureum_devices::virtio::rng::Rng;
 use gureum_devices::virtio::{Interrupt, MmioTransport, VirtioDevice, VirtioHandler};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -21,6 +22,8 @@ use crate::config::VmConfig;
 pub enum Error {
     #[error("cannot open disk {}", .0.display())]
     OpenDisk(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Tap(#[from] TapError),
     #[error("cannot open /dev/urandom for virtio-rng")]
     OpenRng(#[source] std::io::Error),
     #[error("cannot create an eventfd")]
@@ -58,6 +61,11 @@ pub fn attach(
             });
         }
     }
+    for (n, net) in (0u8..).zip(&cfg.nets) {
+        let tap = Tap::open(&net.tap)?;
+        let mac = net.mac.unwrap_or_else(|| made_up_mac(n));
+        devices.push(Arc::new(Mutex::new(Net::new(tap, mac))));
+    }
     if cfg.rng {
         devices.push(Arc::new(Mutex::new(Rng::new().map_err(Error::OpenRng)?)));
     }
@@ -83,4 +91,10 @@ pub fn attach(
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
     Ok(Attached { handlers, cmdline })
+}
+
+/// A locally administered, unicast MAC: 02:47:52 ("GR"), then the process id and the interface.
+fn made_up_mac(n: u8) -> [u8; 6] {
+    let pid = std::process::id().to_le_bytes();
+    [0x02, 0x47, 0x52, pid[1], pid[0], n]
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::{layout::CMDLINE_MAX_SIZE, mptable};
 
 mod disk;
+mod net;
 pub use disk::{DiskConfig, Drive, MAX_ID_LEN};
+pub use net::{NetConfig, NetworkInterface};
 
 /// Virtio devices one VM may have (one MMIO window and one IRQ each).
 pub const MAX_VIRTIO_DEVICES: usize = 16;
@@ -29,6 +31,7 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Root disk first, if there is one.
     pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
     pub rng: bool,
 }
 
@@ -75,9 +78,8 @@ pub struct FirecrackerConfig {
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<Drive>,
-    /// Accepted only empty until gureum has virtio-net.
     #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<serde_json::Value>,
+    pub network_interfaces: Vec<NetworkInterface>,
     /// Firecracker's entropy device: present means virtio-rng.
     pub entropy: Option<Entropy>,
 }
@@ -120,10 +122,10 @@ impl FirecrackerConfig {
                 what: what.into(),
             })
         };
-        if !cfg.network_interfaces.is_empty() {
-            return unsupported(
-                "\"network-interfaces\" are not supported yet (virtio-net is coming)",
-            );
+        for n in &cfg.network_interfaces {
+            if let Some(Err(e)) = n.guest_mac.as_deref().map(net::parse_mac) {
+                return unsupported(&format!("network-interfaces {:?}: {e}", n.iface_id));
+            }
         }
         if let Some(m) = &cfg.machine_config {
             if m.smt {
@@ -146,6 +148,7 @@ pub struct VmOverrides {
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
     pub disks: Option<Vec<DiskConfig>>,
+    pub nets: Option<Vec<NetConfig>>,
     pub rng: Option<bool>,
 }
 
@@ -157,8 +160,15 @@ impl From<FirecrackerConfig> for VmOverrides {
             .into_iter()
             .map(DiskConfig::from)
             .collect::<Vec<_>>();
+        // MACs were checked by `from_file`.
+        let nets = cfg
+            .network_interfaces
+            .into_iter()
+            .filter_map(|n| NetConfig::try_from(n).ok())
+            .collect::<Vec<_>>();
         Self {
             disks: (!disks.is_empty()).then_some(disks),
+            nets: (!nets.is_empty()).then_some(nets),
             rng: cfg.entropy.map(|_| true),
             kernel: boot.as_ref().map(|b| b.kernel_image_path.clone()),
             initrd: boot.as_ref().and_then(|b| b.initrd_path.clone()),
@@ -179,6 +189,7 @@ impl VmOverrides {
             vcpus: flags.vcpus.or(self.vcpus),
             memory_mib: flags.memory_mib.or(self.memory_mib),
             disks: flags.disks.or(self.disks),
+            nets: flags.nets.or(self.nets),
             rng: flags.rng.or(self.rng),
         }
     }
@@ -208,7 +219,8 @@ impl VmOverrides {
         }
         let disks = validate_disks(self.disks.unwrap_or_default())?;
         let rng = self.rng.unwrap_or(false);
-        let devices = disks.len() + usize::from(rng);
+        let nets = self.nets.unwrap_or_default();
+        let devices = disks.len() + nets.len() + usize::from(rng);
         if devices > MAX_VIRTIO_DEVICES {
             return Err(Error::TooManyDevices(devices));
         }
@@ -219,6 +231,7 @@ impl VmOverrides {
             vcpus,
             memory_mib,
             disks,
+            nets,
             rng,
         })
     }
@@ -281,6 +294,7 @@ mod tests {
                 vcpus: 2,
                 memory_mib: 256,
                 disks: Vec::new(),
+                nets: Vec::new(),
                 rng: false,
             }
         );
@@ -317,7 +331,17 @@ mod tests {
         let e = parse(r#"{"drives": [{"drive_id": "r", "path_on_host": "/x", "is_root_device": false, "cache_type": "Unsafe"}]}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `cache_type`"), "{e}");
         let e = parse(r#"{"network-interfaces": [{"iface_id": "eth0"}]}"#).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(
+            e.to_string().contains("missing field `host_dev_name`"),
+            "{e}"
+        );
+        let e = parse(r#"{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "t", "guest_mac": "zz"}]}"#)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("network-interfaces \"eth0\": bad MAC address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct VirtioHandler {
     interrupt: Arc<Interrupt>,
     /// One per queue, in queue order; the VMM binds them to QueueNotify.
     queue_evts: Vec<EventFd>,
+    /// The device's own descriptors (a TAP).
+    extra_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl VirtioHandler {
@@ -24,10 +26,12 @@ impl VirtioHandler {
         interrupt: Arc<Interrupt>,
         queue_evts: Vec<EventFd>,
     ) -> Self {
+        let extra_fds = lock(&device).extra_fds();
         Self {
             device,
             interrupt,
             queue_evts,
+            extra_fds,
         }
     }
 }
@@ -39,19 +43,23 @@ impl MutEventSubscriber for VirtioHandler {
             // then the queue is simply not served.
             let _ = ops.add(Events::new(evt, EventSet::IN));
         }
+        for &fd in &self.extra_fds {
+            let _ = ops.add(Events::new_raw(fd, EventSet::IN | EventSet::EDGE_TRIGGERED));
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let Some(index) = self
-            .queue_evts
-            .iter()
-            .position(|e| e.as_raw_fd() == events.fd())
-        else {
-            return;
+        let fd = events.fd();
+        let used = match self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+            Some(index) => {
+                // Drain the notification; several coalesce into one pass over the queue.
+                let _ = self.queue_evts[index].read();
+                lock(&self.device).process_queue(index)
+            }
+            None if self.extra_fds.contains(&fd) => lock(&self.device).process_fd(fd),
+            None => false,
         };
-        // Drain the notification; several coalesce into one pass over the queue.
-        let _ = self.queue_evts[index].read();
-        if lock(&self.device).process_queue(index) {
+        if used {
             self.interrupt.signal(INT_USED_RING);
         }
     }

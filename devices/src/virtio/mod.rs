@@ -8,8 +8,10 @@
 pub mod block;
 pub mod handler;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::Queue;
@@ -89,4 +91,13 @@ pub trait VirtioDevice: Send {
     /// Serve queue `index` after a notification; returns whether the used ring changed. A
     /// device that is not active ignores notifications.
     fn process_queue(&mut self, index: usize) -> bool;
+    /// Other descriptors the device waits on (a TAP), watched edge-triggered: the device must
+    /// drain what it can each time one is ready.
+    fn extra_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// One of `extra_fds` is ready; returns whether a used ring changed.
+    fn process_fd(&mut self, _fd: RawFd) -> bool {
+        false
+    }
 }

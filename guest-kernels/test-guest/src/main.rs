@@ -366,6 +366,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"virtio-rng") => scenarios::rng(cmdline),
         Some(b"virtio-blk") => scenarios::blk(cmdline),
         Some(b"virtio-hostile") => scenarios::hostile(cmdline),
+        Some(b"virtio-net") => scenarios::net(cmdline),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {

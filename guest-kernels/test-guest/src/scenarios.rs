@@ -4,6 +4,7 @@
 use crate::virtio::{self, Queue, r32, w32};
 use crate::{put_dec, put_hex, puts};
 
+const NET: u32 = 1;
 const BLK: u32 = 2;
 const RNG: u32 = 4;
 
@@ -174,4 +175,53 @@ pub fn hostile(cmdline: &[u8]) {
     }
     say(b"hostile: chain longer than the queue -> ", q.publish(0));
     say(b"hostile: a good request after all that -> ", q.submit(&[(buf, 32, true)]));
+}
+
+/// Send a broadcast frame (ethertype 0x88b5, "gureum-net-ping") and wait for the host's
+/// "gureum-net-pong" frame, skipping any other traffic.
+pub fn net(cmdline: &[u8]) {
+    let Some((index, base)) = virtio::find(cmdline, NET) else {
+        puts(b"net: no device\n");
+        return;
+    };
+    let mut mac = [0u8; 6];
+    for (i, m) in mac.iter_mut().enumerate() {
+        *m = read_byte(base + 0x100 + i as u64);
+    }
+    puts(b"net: mac");
+    for m in mac {
+        puts(b" ");
+        put_hex(u64::from(m));
+    }
+    puts(b"\n");
+    let Ok([mut rx, mut tx]) = virtio::init_queues(base, index, 1 << 5, 8, 2) else {
+        puts(b"net: init failed\n");
+        return;
+    };
+    let rxbuf = rx.buffers();
+    rx.raw_desc(0, rxbuf, 2048, 2, 0);
+    rx.post(0);
+
+    let txbuf = tx.buffers();
+    let mut frame = [0u8; 12 + 14 + 15];
+    frame[12..18].fill(0xff);
+    frame[18..24].copy_from_slice(&mac);
+    frame[24..26].copy_from_slice(&[0x88, 0xb5]);
+    frame[26..].copy_from_slice(b"gureum-net-ping");
+    write_bytes(txbuf, &frame);
+    say(b"net: sent ping, used ", tx.submit(&[(txbuf, frame.len() as u32, false)]));
+
+    for _ in 0..16 {
+        let Some(len) = rx.wait() else {
+            puts(b"net: no frame arrived\n");
+            return;
+        };
+        let pong = (0..15).all(|i| read_byte(rxbuf + 26 + i) == b"gureum-net-pong"[i as usize]);
+        if len >= 41 && read_byte(rxbuf + 24) == 0x88 && read_byte(rxbuf + 25) == 0xb5 && pong {
+            say(b"net: received pong, bytes ", Some(len));
+            return;
+        }
+        rx.post(0);
+    }
+    puts(b"net: no pong among 16 frames\n");
 }

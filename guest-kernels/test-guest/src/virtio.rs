@@ -8,8 +8,18 @@ pub const STATUS: u64 = 0x070;
 pub const NEEDS_RESET: u32 = 0x40;
 const WRITE: u16 = 2;
 const NEXT: u16 = 1;
-/// Where the driver keeps rings and buffers: 64 KiB per device from 4 MiB up.
+/// Where the driver keeps rings and buffers: 128 KiB per device from 4 MiB up, 32 KiB per queue
+/// (descriptors, available ring, used ring, then 20 KiB of buffers).
 pub const SCRATCH: u64 = 0x40_0000;
+/// How long to wait for the device: about 10 s at a few GHz of TSC.
+const WAIT_TSC: u64 = 30_000_000_000;
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads the time-stamp counter; no memory effects.
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
 
 pub fn r32(addr: u64) -> u32 {
     // SAFETY: a device register (or guest RAM) the VMM set up; identity mapped.
@@ -64,11 +74,18 @@ pub struct Queue {
     used: u64,
     size: u16,
     last_used: u16,
+    notify: u32,
 }
 
-/// Reset, negotiate VERSION_1 plus `features` (low word), set queue 0 to `size` entries and
-/// start the device. Returns the status register on failure.
+/// Reset, negotiate VERSION_1 plus `features` (low word), set up queue 0 with `size` entries
+/// and start the device. Returns the status register on failure.
 pub fn init(base: u64, index: usize, features: u32, size: u32) -> Result<Queue, u32> {
+    let [q, _] = init_queues(base, index, features, size, 1)?;
+    Ok(q)
+}
+
+/// As `init`, with `count` (1 or 2) queues.
+pub fn init_queues(base: u64, index: usize, features: u32, size: u32, count: u32) -> Result<[Queue; 2], u32> {
     w32(base + STATUS, 0);
     w32(base + STATUS, 1 | 2);
     w32(base + 0x014, 1);
@@ -85,25 +102,31 @@ pub fn init(base: u64, index: usize, features: u32, size: u32) -> Result<Queue, 
     if r32(base + STATUS) & 8 == 0 {
         return Err(r32(base + STATUS));
     }
-    let area = SCRATCH + index as u64 * 0x1_0000;
-    for off in (0..0x3000).step_by(8) {
-        w64(area + off, 0);
-    }
-    w32(base + 0x030, 0);
-    let size = size.min(r32(base + 0x034));
-    w32(base + 0x038, size);
-    let (desc, avail, used) = (area, area + 0x1000, area + 0x2000);
-    for (reg, addr) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
-        w32(base + reg, addr as u32);
-        w32(base + reg + 4, (addr >> 32) as u32);
-    }
-    w32(base + 0x044, 1);
+    let queue = |q: u32| {
+        let area = SCRATCH + index as u64 * 0x2_0000 + u64::from(q) * 0x8000;
+        for off in (0..0x3000).step_by(8) {
+            w64(area + off, 0);
+        }
+        w32(base + 0x030, q);
+        let size = size.min(r32(base + 0x034));
+        w32(base + 0x038, size);
+        let (desc, avail, used) = (area, area + 0x1000, area + 0x2000);
+        for (reg, addr) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
+            w32(base + reg, addr as u32);
+            w32(base + reg + 4, (addr >> 32) as u32);
+        }
+        if q < count {
+            w32(base + 0x044, 1);
+        }
+        Queue { base, desc, avail, used, size: size.max(1) as u16, last_used: 0, notify: q }
+    };
+    let queues = [queue(0), queue(1)];
     w32(base + STATUS, 1 | 2 | 8 | 4);
     let status = r32(base + STATUS);
     if status & NEEDS_RESET != 0 || status & 4 == 0 {
         return Err(status);
     }
-    Ok(Queue { base, desc, avail, used, size: size as u16, last_used: 0 })
+    Ok(queues)
 }
 
 impl Queue {
@@ -132,14 +155,26 @@ impl Queue {
 
     /// Put descriptor `head` (already written) on the available ring and wait for it.
     pub fn publish(&mut self, head: u16) -> Option<u32> {
+        self.post(head);
+        self.wait()
+    }
+
+    /// Put descriptor `head` on the available ring and notify the device, without waiting.
+    pub fn post(&mut self, head: u16) {
         let idx = r16(self.avail + 2);
         w16(self.avail + 4 + u64::from(idx % self.size) * 2, head);
         fence(Ordering::SeqCst);
         w16(self.avail + 2, idx.wrapping_add(1));
         fence(Ordering::SeqCst);
-        w32(self.base + 0x050, 0);
-        for _ in 0..2_000_000u32 {
+        w32(self.base + 0x050, self.notify);
+    }
+
+    /// Wait for the next used element; its length, or None after about ten seconds.
+    pub fn wait(&mut self) -> Option<u32> {
+        let start = rdtsc();
+        while rdtsc().wrapping_sub(start) < WAIT_TSC {
             if r16(self.used + 2) != self.last_used {
+                fence(Ordering::SeqCst);
                 let slot = u64::from(self.last_used % self.size);
                 self.last_used = self.last_used.wrapping_add(1);
                 return Some(r32(self.used + 4 + slot * 8 + 4));

@@ -1,0 +1,175 @@
+//! virtio-net through a TAP in a network namespace the test creates: the guest (test guest's
+//! driver) broadcasts a ping frame, the host answers from a packet socket on the TAP, and the
+//! guest must receive the pong.
+
+mod common;
+
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// A network namespace with an up TAP in it, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tap: &str) -> Self {
+        let name = format!("gureum-t{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "tuntap", "add", "dev", tap, "mode", "tap"]);
+        ip(&["-n", &ns.0, "link", "set", tap, "up"]);
+        // Keep the host's own IPv6 chatter off the link.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ])
+            .status();
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// In a thread inside `ns`: open a packet socket on `tap`, say ready, wait for the guest's ping
+/// and answer it. Returns the ping frame.
+fn answer_ping(
+    ns: String,
+    tap: &'static str,
+    ready: mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let path = std::ffi::CString::new(format!("/run/netns/{ns}")).unwrap();
+        let name = std::ffi::CString::new(tap).unwrap();
+        // SAFETY: plain syscalls on values owned here; setns affects only this thread.
+        unsafe {
+            let nsfd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            assert!(
+                nsfd >= 0 && libc::setns(nsfd, libc::CLONE_NEWNET) == 0,
+                "enter {ns}"
+            );
+            libc::close(nsfd);
+            let all = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
+            let sock = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
+            assert!(sock >= 0, "packet socket");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+            addr.sll_protocol = all;
+            addr.sll_ifindex = i32::try_from(libc::if_nametoindex(name.as_ptr())).unwrap();
+            let len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap();
+            assert_eq!(
+                libc::bind(sock, (&raw const addr).cast(), len),
+                0,
+                "bind to {tap}"
+            );
+            let timeout = libc::timeval {
+                tv_sec: 30,
+                tv_usec: 0,
+            };
+            let tlen = u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap();
+            libc::setsockopt(
+                sock,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                tlen,
+            );
+            ready.send(()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0);
+                let n = usize::try_from(n).expect("no ping within 30 s");
+                if n >= 29 && buf[12..14] == ETHERTYPE && &buf[14..29] == b"gureum-net-ping" {
+                    let mut pong = Vec::new();
+                    pong.extend_from_slice(&buf[6..12]);
+                    pong.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+                    pong.extend_from_slice(&ETHERTYPE);
+                    pong.extend_from_slice(b"gureum-net-pong");
+                    pong.resize(60, 0);
+                    let sent = libc::send(sock, pong.as_ptr().cast(), pong.len(), 0);
+                    assert_eq!(usize::try_from(sent).ok(), Some(pong.len()), "send pong");
+                    libc::close(sock);
+                    return buf[..n].to_vec();
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn frames_cross_a_tap_both_ways() {
+    require_kvm!();
+    let tap = "gtap0";
+    let ns = Netns::new(tap);
+    let (tx, rx) = mpsc::channel();
+    let host = answer_ping(ns.0.clone(), tap, tx);
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("host side ready");
+    let kernel = common::test_guest().display().to_string();
+    let gureum = common::GUREUM;
+    let out = common::finish(
+        {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns.0, gureum, "boot", "--kernel", &kernel]);
+            cmd.args(["--net", &format!("tap={tap},mac=02:00:00:00:00:07")]);
+            cmd.args(["--cmdline", "scenario=virtio-net", "--timeout", "30"]);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        },
+        Duration::from_secs(40),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("net: mac 0x2 0x0 0x0 0x0 0x0 0x7\n"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("net: received pong, bytes "),
+        "{}",
+        out.describe()
+    );
+    let ping = host.join().expect("host side");
+    assert_eq!(&ping[0..6], &[0xff; 6], "broadcast");
+    assert_eq!(&ping[6..12], &GUEST_MAC);
+}
+
+#[test]
+fn bad_network_options_are_one_line_errors() {
+    let g = common::test_guest().display().to_string();
+    let out = common::gureum(&["boot", "--kernel", &g, "--net", "tap=a-name-longer-than-15"]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("longer than 15 bytes") && out.stderr.lines().count() == 1,
+        "{}",
+        out.describe()
+    );
+    let out = common::gureum(&["boot", "--kernel", &g, "--net", "tap=t0,mac=02:00"]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("six bytes"), "{}", out.describe());
+}
