@@ -96,4 +96,17 @@ pub enum BenchCommand {
         #[arg(long)]
         no_qemu: bool,
     },
+    /// Device throughput (block MB/s and IOPS) measured with the test guest driving the device,
+    /// against QEMU microvm when it is installed.
+    Devices {
+        /// The test guest (guest-kernels/test-guest/build.sh prints its path).
+        #[arg(long, value_name = "PATH")]
+        kernel: PathBuf,
+        /// Runs per workload and VMM.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Skip the QEMU comparison.
+        #[arg(long)]
+        no_qemu: bool,
+    },
 }

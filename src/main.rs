@@ -101,6 +101,14 @@ fn run(command: Command, start: Instant) -> Result<i32, Error> {
             println!("{}", bench::boot(&config, runs, !no_qemu)?);
             Ok(0)
         }
+        Command::Bench(BenchCommand::Devices {
+            kernel,
+            runs,
+            no_qemu,
+        }) => {
+            println!("{}", bench::devices::run(&kernel, runs, !no_qemu)?);
+            Ok(0)
+        }
     }
 }
 

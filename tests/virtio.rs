@@ -253,3 +253,52 @@ fn bad_disk_configurations_are_one_line_errors() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_devices_reports_every_workload() {
+    require_kvm!();
+    let kernel = common::test_guest().to_str().unwrap();
+    let out = common::finish(
+        common::spawn(
+            &[
+                "bench",
+                "devices",
+                "--kernel",
+                kernel,
+                "--runs",
+                "1",
+                "--no-qemu",
+            ],
+            None,
+        ),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    for (row, unit) in [
+        ("block read, 64 KiB", "MB/s"),
+        ("block read, 4 KiB", "IOPS"),
+        ("block write, 64 KiB", "MB/s"),
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row}\n{}", out.stdout));
+        let value: f64 = line
+            .split_whitespace()
+            .rev()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"));
+        assert!(
+            value > 0.0 && line.contains(unit) && line.ends_with("n/a"),
+            "{line}"
+        );
+    }
+    assert!(
+        out.stdout.contains("qemu microvm: skipped (--no-qemu)"),
+        "{}",
+        out.stdout
+    );
+}

@@ -212,7 +212,7 @@ fn cmdline(ptr: u64) -> &'static [u8] {
 }
 
 /// The value of `key=` on the command line.
-fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+pub fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     cmdline.split(|&b| b == b' ').find_map(|w| {
         (w.len() > key.len() && w.starts_with(key) && w[key.len()] == b'=').then(|| &w[key.len() + 1..])
     })
@@ -367,6 +367,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"virtio-blk") => scenarios::blk(cmdline),
         Some(b"virtio-hostile") => scenarios::hostile(cmdline),
         Some(b"virtio-net") => scenarios::net(cmdline),
+        Some(b"bench-blk") => scenarios::bench_blk(cmdline),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {

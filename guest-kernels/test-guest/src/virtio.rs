@@ -60,11 +60,18 @@ pub fn devices(cmdline: &[u8]) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// The first device of type `kind`, and its index on the command line.
+/// Where QEMU's microvm puts its virtio-mmio transports (24 slots of 512 bytes), for when the
+/// command line names no devices (QEMU does not add them for a PVH kernel).
+const MICROVM_SLOTS: core::ops::Range<u64> = 0..24;
+const MICROVM_BASE: u64 = 0xfeb0_0000;
+
+/// The first device of type `kind`, and its index (for its scratch area).
 pub fn find(cmdline: &[u8], kind: u32) -> Option<(usize, u64)> {
-    devices(cmdline)
-        .enumerate()
-        .find(|&(_, base)| r32(base) == 0x7472_6976 && r32(base + 4) == 2 && r32(base + 8) == kind)
+    let is = |base: u64| r32(base) == 0x7472_6976 && r32(base + 4) == 2 && r32(base + 8) == kind;
+    if devices(cmdline).next().is_some() {
+        return devices(cmdline).enumerate().find(|&(_, base)| is(base));
+    }
+    MICROVM_SLOTS.map(|i| (i as usize, MICROVM_BASE + i * 0x200)).find(|&(_, base)| is(base))
 }
 
 pub struct Queue {
@@ -186,6 +193,34 @@ impl Queue {
 
     pub fn submit(&mut self, bufs: &[(u64, u32, bool)]) -> Option<u32> {
         self.submit_at(0, bufs)
+    }
+
+    /// Put several heads on the available ring and notify once.
+    pub fn post_many(&mut self, heads: impl Iterator<Item = u16>) {
+        let mut idx = r16(self.avail + 2);
+        for head in heads {
+            w16(self.avail + 4 + u64::from(idx % self.size) * 2, head);
+            idx = idx.wrapping_add(1);
+        }
+        fence(Ordering::SeqCst);
+        w16(self.avail + 2, idx);
+        fence(Ordering::SeqCst);
+        w32(self.base + 0x050, self.notify);
+    }
+
+    /// Wait for used elements and return the head of the next one (None after ~10 s).
+    pub fn wait_head(&mut self) -> Option<u16> {
+        let start = rdtsc();
+        while rdtsc().wrapping_sub(start) < WAIT_TSC {
+            if r16(self.used + 2) != self.last_used {
+                fence(Ordering::SeqCst);
+                let slot = u64::from(self.last_used % self.size);
+                self.last_used = self.last_used.wrapping_add(1);
+                return Some(r32(self.used + 4 + slot * 8) as u16);
+            }
+            core::hint::spin_loop();
+        }
+        None
     }
 
     /// Write a raw descriptor, for hostile chains.

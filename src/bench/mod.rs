@@ -1,3 +1,5 @@
+//! Benchmarks: `gureum bench boot` here, `gureum bench devices` in [`devices`].
+//!
 //! `gureum bench boot`: boot a guest N times as separate processes and report each phase's
 //! min / median / p95 and the VMM's own memory; with QEMU installed, boot the same guest under
 //! `qemu-system-x86_64 -M microvm` in between (interleaved, so drift hits both alike) and compare
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
 use crate::host_check::{KvmKind, kvm_kind};
+
+pub mod devices;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,16 +58,21 @@ pub fn parse_phases(stderr: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// One run measured from outside: spawn to the marker line, spawn to exit (microseconds).
-struct Run {
-    marker_us: Option<f64>,
+/// One run measured from outside: spawn to each marker line, spawn to exit (microseconds).
+pub(crate) struct Run {
+    /// When the first line containing each marker appeared.
+    marks: Vec<Option<f64>>,
     exit_us: f64,
     stderr: String,
     success: bool,
     code: Option<i32>,
 }
 
-fn time_run(mut cmd: Command, name: &'static str) -> Result<Run, Error> {
+pub(crate) fn time_run(
+    mut cmd: Command,
+    name: &'static str,
+    markers: &[&str],
+) -> Result<Run, Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -78,12 +87,15 @@ fn time_run(mut cmd: Command, name: &'static str) -> Result<Run, Error> {
         }
         s
     });
-    let mut marker_us = None;
+    let mut marks = vec![None; markers.len()];
     if let Some(out) = stdout {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if marker_us.is_none() && MARKERS.iter().any(|m| line.contains(m)) {
-                marker_us = Some(start.elapsed().as_secs_f64() * 1e6);
+            let now = start.elapsed().as_secs_f64() * 1e6;
+            for (mark, m) in marks.iter_mut().zip(markers) {
+                if mark.is_none() && line.contains(m) {
+                    *mark = Some(now);
+                }
             }
             if start.elapsed() > RUN_DEADLINE {
                 let _ = child.kill();
@@ -95,7 +107,7 @@ fn time_run(mut cmd: Command, name: &'static str) -> Result<Run, Error> {
     let exit_us = start.elapsed().as_secs_f64() * 1e6;
     let stderr = err_reader.join().unwrap_or_default();
     Ok(Run {
-        marker_us,
+        marks,
         exit_us,
         stderr,
         success: status.success(),
@@ -103,7 +115,7 @@ fn time_run(mut cmd: Command, name: &'static str) -> Result<Run, Error> {
     })
 }
 
-fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
+pub(crate) fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("boot").arg("--kernel").arg(&config.kernel);
     if let Some(initrd) = &config.initrd {
@@ -116,12 +128,19 @@ fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
         "--memory",
         &config.memory_mib.to_string(),
     ]);
+    for disk in &config.disks {
+        let mut spec = disk.path.display().to_string();
+        if disk.read_only {
+            spec.push_str(",ro");
+        }
+        cmd.args(["--disk", &spec]);
+    }
     cmd
 }
 
 /// QEMU microvm booting the same kernel through its PVH entry; its isa-debug-exit device ends
 /// the run where the guest has no i8042 to reset through.
-fn qemu_command(config: &VmConfig) -> Command {
+pub(crate) fn qemu_command(config: &VmConfig) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     let cpu = if kvm_kind().0 == KvmKind::Pvm {
         "host,-arch-capabilities"
@@ -154,11 +173,26 @@ fn qemu_command(config: &VmConfig) -> Command {
         "stdio",
     ]);
     cmd.args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4"]);
+    // Modern virtio-mmio devices, as gureum's; the default page cache and I/O threads.
+    cmd.args(["-global", "virtio-mmio.force-legacy=false"]);
+    for (i, disk) in config.disks.iter().enumerate() {
+        let ro = if disk.read_only { ",readonly=on" } else { "" };
+        let drive = format!(
+            "id=d{i},file={},format=raw,if=none,cache=writeback,aio=threads{ro}",
+            disk.path.display()
+        );
+        cmd.args([
+            "-drive",
+            &drive,
+            "-device",
+            &format!("virtio-blk-device,drive=d{i}"),
+        ]);
+    }
     cmd
 }
 
 /// Why QEMU is not compared, if it is not.
-fn qemu_unavailable(config: &VmConfig) -> Option<String> {
+pub(crate) fn qemu_unavailable(config: &VmConfig) -> Option<String> {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").exists()));
     if !found {
@@ -174,7 +208,7 @@ fn qemu_unavailable(config: &VmConfig) -> Option<String> {
 }
 
 #[derive(Default)]
-struct Samples(Vec<(String, Vec<f64>)>);
+pub(crate) struct Samples(Vec<(String, Vec<f64>)>);
 
 impl Samples {
     fn push(&mut self, key: &str, v: f64) {
@@ -204,7 +238,7 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
     };
     let (mut gureum, mut qemu) = (Samples::default(), Samples::default());
     for run in 0..runs {
-        let g = time_run(gureum_command(&exe, config), "gureum")?;
+        let g = time_run(gureum_command(&exe, config), "gureum", &MARKERS)?;
         if !g.success {
             return Err(Error::Run {
                 vmm: "gureum",
@@ -216,13 +250,13 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
         for (k, v) in parse_phases(&g.stderr) {
             gureum.push(&k, v);
         }
-        if let Some(v) = g.marker_us {
+        if let Some(v) = g.marks.iter().flatten().copied().reduce(f64::min) {
             gureum.push("marker", v);
         }
         gureum.push("wall", g.exit_us);
         if qemu_skip.is_none() {
-            let q = time_run(qemu_command(config), "qemu-system-x86_64")?;
-            let Some(marker) = q.marker_us else {
+            let q = time_run(qemu_command(config), "qemu-system-x86_64", &MARKERS)?;
+            let Some(marker) = q.marks.iter().flatten().copied().reduce(f64::min) else {
                 return Err(Error::Run {
                     vmm: "qemu",
                     run,

@@ -1,0 +1,168 @@
+//! `gureum bench devices`: device throughput with the guest's own work kept small. The test
+//! guest keeps many large requests in flight and touches only headers and rings, so what is
+//! timed (between its "bench: start" and "bench: done" console lines) is the VMM's device path.
+//! With QEMU installed, the same guest and image run under `qemu-system-x86_64 -M microvm`
+//! (userspace virtio on both), interleaved.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use super::{Error, Samples, gureum_command, qemu_command, qemu_unavailable, time_run};
+use crate::config::{DiskConfig, VmConfig};
+use crate::host_check::kvm_kind;
+
+const IMAGE_MIB: usize = 64;
+const MARKS: [&str; 2] = ["bench: start", "bench: done"];
+
+#[derive(Clone, Copy)]
+enum Unit {
+    MegabytesPerSecond,
+    Iops,
+}
+
+struct Workload {
+    name: &'static str,
+    args: &'static str,
+    bytes: f64,
+    requests: f64,
+    unit: Unit,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "block read, 64 KiB x 32 in flight",
+        args: "op=read bs=65536 count=2048 depth=32",
+        bytes: 2048.0 * 65536.0,
+        requests: 2048.0,
+        unit: Unit::MegabytesPerSecond,
+    },
+    Workload {
+        name: "block read, 4 KiB x 32 in flight",
+        args: "op=read bs=4096 count=8192 depth=32",
+        bytes: 8192.0 * 4096.0,
+        requests: 8192.0,
+        unit: Unit::Iops,
+    },
+    Workload {
+        name: "block write, 64 KiB x 32 in flight",
+        args: "op=write bs=65536 count=2048 depth=32",
+        bytes: 2048.0 * 65536.0,
+        requests: 2048.0,
+        unit: Unit::MegabytesPerSecond,
+    },
+];
+
+/// A raw image of `IMAGE_MIB` MiB with real (non-hole) contents.
+fn make_image(path: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    let chunk: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| i.to_le_bytes()[0] ^ 0x5a)
+        .collect();
+    for _ in 0..IMAGE_MIB {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+/// The rate a run achieved, from the time between its two console marks.
+fn rate(w: &Workload, marks: &[Option<f64>]) -> Option<f64> {
+    let (start, done) = (marks.first().copied()??, marks.get(1).copied()??);
+    let seconds = (done - start) / 1e6;
+    (seconds > 0.0).then(|| match w.unit {
+        Unit::MegabytesPerSecond => w.bytes / seconds / 1e6,
+        Unit::Iops => w.requests / seconds,
+    })
+}
+
+pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error> {
+    if runs == 0 {
+        return Err(Error::NoRuns);
+    }
+    let exe = std::env::current_exe().map_err(Error::SelfExe)?;
+    let dir = std::env::temp_dir().join(format!("gureum-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Spawn("an image for the benchmark", e))?;
+    let image = dir.join("bench.img");
+    make_image(&image).map_err(|e| Error::Spawn("an image for the benchmark", e))?;
+    let mut config = VmConfig {
+        kernel: kernel.to_path_buf(),
+        initrd: None,
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 256,
+        disks: vec![DiskConfig {
+            path: image,
+            read_only: false,
+            root: false,
+            id: None,
+        }],
+        nets: Vec::new(),
+        rng: false,
+    };
+    let qemu_skip = if with_qemu {
+        qemu_unavailable(&config)
+    } else {
+        Some("--no-qemu".into())
+    };
+    let (mut gureum, mut qemu) = (Samples::default(), Samples::default());
+    let result = (|| {
+        for w in &WORKLOADS {
+            config.cmdline = format!("scenario=bench-blk {}", w.args);
+            for run in 0..runs {
+                let g = time_run(gureum_command(&exe, &config), "gureum", &MARKS)?;
+                let fail = |vmm, r: &super::Run| Error::Run {
+                    vmm,
+                    run,
+                    code: r.code,
+                    stderr: r.stderr.clone(),
+                };
+                gureum.push(w.name, rate(w, &g.marks).ok_or_else(|| fail("gureum", &g))?);
+                if qemu_skip.is_none() {
+                    let q = time_run(qemu_command(&config), "qemu-system-x86_64", &MARKS)?;
+                    qemu.push(w.name, rate(w, &q.marks).ok_or_else(|| fail("qemu", &q))?);
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    Ok(render(runs, &gureum, &qemu, qemu_skip))
+}
+
+fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String {
+    let mut r = format!(
+        "gureum bench devices: {runs} runs each, test guest, 1 vCPU, {IMAGE_MIB} MiB image (page cache), {:?} KVM\n",
+        kvm_kind().0
+    );
+    let _ = writeln!(
+        r,
+        "{:<38} {:>14} {:>14} {:>12}",
+        "workload (median)", "gureum", "qemu microvm", "gureum/qemu"
+    );
+    for w in &WORKLOADS {
+        let unit = match w.unit {
+            Unit::MegabytesPerSecond => "MB/s",
+            Unit::Iops => "IOPS",
+        };
+        let med = |s: &Samples| s.stats(w.name).map(|v| v[1]);
+        let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} {unit}"));
+        let ratio = match (med(g), med(q)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            r,
+            "{:<38} {:>14} {:>14} {:>12}",
+            w.name,
+            cell(med(g)),
+            cell(med(q)),
+            ratio
+        );
+    }
+    let _ = match skip {
+        Some(why) => write!(r, "qemu microvm: skipped ({why})"),
+        None => write!(r, "target: gureum >= 1.0x QEMU on each workload"),
+    };
+    r
+}
