@@ -287,7 +287,7 @@ fn bench_devices_reports_every_workload() {
         let value: f64 = line
             .split_whitespace()
             .rev()
-            .nth(4)
+            .nth(3)
             .unwrap()
             .parse()
             .unwrap_or_else(|_| panic!("{line}"));
