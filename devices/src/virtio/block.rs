@@ -11,7 +11,7 @@ use std::path::Path;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{TYPE_BLOCK, VirtioDevice};
+use super::{TYPE_BLOCK, VirtioDevice, serve_suppressed};
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -259,7 +259,10 @@ impl VirtioDevice for Block {
 
     fn process_queue(&mut self, index: usize) -> bool {
         match (&mut self.active, index) {
-            (Some((mem, queue)), 0) => serve_queue(&self.disk, queue, mem) > 0,
+            (Some((mem, queue)), 0) => {
+                let disk = &self.disk;
+                serve_suppressed(queue, mem, |q| serve_queue(disk, q, mem))
+            }
             _ => false,
         }
     }

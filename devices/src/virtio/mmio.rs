@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{F_VERSION_1, INT_CONFIG, Interrupt, VirtioDevice};
+use super::{F_EVENT_IDX, F_VERSION_1, INT_CONFIG, Interrupt, VirtioDevice};
 use crate::BusDevice;
 use crate::bus::lock;
 
@@ -54,7 +54,7 @@ impl MmioTransport {
             let d = lock(&device);
             (
                 d.device_type(),
-                d.features() | F_VERSION_1,
+                d.features() | F_VERSION_1 | F_EVENT_IDX,
                 fresh_queues(d.queue_max_sizes()),
             )
         };
@@ -201,7 +201,11 @@ impl MmioTransport {
             self.interrupt.signal(INT_CONFIG);
             return;
         }
-        let queues = std::mem::take(&mut self.queues);
+        let mut queues = std::mem::take(&mut self.queues);
+        let event_idx = self.driver_features & F_EVENT_IDX != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         lock(&self.device).activate(self.mem.clone(), queues, self.driver_features);
     }
 
@@ -334,7 +338,11 @@ mod tests {
         assert_eq!(r(&mut t, 0x004), 2);
         assert_eq!(r(&mut t, 0x008), 42);
         w(&mut t, 0x014, 0);
-        assert_eq!(r(&mut t, 0x010), 1 << 3);
+        assert_eq!(
+            r(&mut t, 0x010),
+            1 << 3 | 1 << 29,
+            "the device's own, and EVENT_IDX"
+        );
         w(&mut t, 0x014, 1);
         assert_eq!(r(&mut t, 0x010), 1, "VERSION_1 is bit 32");
         w(&mut t, 0x030, 1);

@@ -34,6 +34,48 @@ pub const F_VERSION_1: u64 = 1 << 32;
 pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
+/// Offered by every gureum device: used/available event indexes (fewer notifications and
+/// interrupts; the transport tells each queue when the driver accepted it).
+pub const F_EVENT_IDX: u64 = 1 << 29;
+
+/// Serve `queue` with `serve` (which returns how many chains it completed), with the driver's
+/// notifications suppressed while it works and re-armed after, serving again if more work
+/// arrived meanwhile. Returns whether the driver wants an interrupt for what was completed
+/// (it may have said no with VRING_AVAIL_F_NO_INTERRUPT, or with EVENT_IDX not yet).
+pub fn serve_suppressed(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(&mut Queue) -> usize,
+) -> bool {
+    use virtio_queue::QueueT;
+    let mut used = 0;
+    loop {
+        // An error here means the driver broke its own ring; stop serving it.
+        if queue.disable_notification(mem).is_err() {
+            break;
+        }
+        let n = serve(queue);
+        used += n;
+        // Go round again only if that made progress: a receive queue full of buffers but
+        // with nothing to receive is "more work" that cannot be done now.
+        match queue.enable_notification(mem) {
+            Ok(true) if n > 0 => {}
+            _ => break,
+        }
+    }
+    if used == 0 {
+        return false;
+    }
+    if !queue.event_idx_enabled() {
+        // virtio-queue leaves VRING_AVAIL_F_NO_INTERRUPT (bit 0 of avail.flags) to devices.
+        const NO_INTERRUPT: u16 = 1;
+        let flags: Option<u16> =
+            vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(queue.avail_ring())).ok();
+        return flags.is_none_or(|f| f & NO_INTERRUPT == 0);
+    }
+    queue.needs_notification(mem).unwrap_or(true)
+}
+
 /// A device's interrupt: the status register the driver reads and acknowledges, and the irqfd
 /// that raises its line.
 pub struct Interrupt {
@@ -99,5 +141,87 @@ pub trait VirtioDevice: Send {
     /// One of `extra_fds` is ready; returns whether a used ring changed.
     fn process_fd(&mut self, _fd: RawFd) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueT;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    fn setup(mem: &GuestMemoryMmap, chains: u16) -> MockSplitQueue<'_, GuestMemoryMmap> {
+        let mq = MockSplitQueue::new(mem, 16);
+        for i in 0..chains {
+            let d = RawDescriptor::from(SplitDescriptor::new(0x10_0000, 16, 2, 0));
+            mq.add_desc_chains(&[d], i).unwrap();
+        }
+        mq
+    }
+
+    /// The avail ring's used_event field: after flags, idx and 16 ring entries.
+    fn used_event(mq: &MockSplitQueue<'_, GuestMemoryMmap>) -> GuestAddress {
+        mq.avail_addr().unchecked_add(4 + 2 * 16)
+    }
+
+    /// The mock's queue, with its used ring moved to 0x2000: the mock lays the used ring over
+    /// the avail ring's used_event field, which EVENT_IDX needs.
+    fn queue_of(mq: &MockSplitQueue<'_, GuestMemoryMmap>) -> Queue {
+        let mut q = Queue::new(16).unwrap();
+        let split = |a: GuestAddress| {
+            let lo = u32::try_from(a.0 & 0xffff_ffff).unwrap();
+            (Some(lo), Some(u32::try_from(a.0 >> 32).unwrap()))
+        };
+        let (lo, hi) = split(mq.desc_table_addr());
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(mq.avail_addr());
+        q.set_avail_ring_address(lo, hi);
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    fn consume(q: &mut Queue, mem: &GuestMemoryMmap) -> usize {
+        let mut n = 0;
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            q.add_used(mem, chain.head_index(), 0).unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn interrupts_follow_the_drivers_wishes() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mq = setup(&mem, 2);
+        let mut q: Queue = mq.create_queue().unwrap();
+        assert!(serve_suppressed(&mut q, &mem, |q| consume(q, &mem)));
+        // Nothing completed: no interrupt.
+        assert!(!serve_suppressed(&mut q, &mem, |q| consume(q, &mem)));
+
+        // VRING_AVAIL_F_NO_INTERRUPT: the driver polls; no interrupt.
+        let mq = setup(&mem, 1);
+        mem.write_obj(1u16, mq.avail_addr()).unwrap(); // avail.flags
+        let mut q = queue_of(&mq);
+        assert!(!serve_suppressed(&mut q, &mem, |q| consume(q, &mem)));
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_past_used_event() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mq = setup(&mem, 3);
+        let mut q = queue_of(&mq);
+        q.set_event_idx(true);
+        // The driver asks for an interrupt once the used index passes 5: not yet after 3.
+        mem.write_obj(5u16, used_event(&mq)).unwrap();
+        assert!(!serve_suppressed(&mut q, &mem, |q| consume(q, &mem)));
+        // With used_event 0 the first completion already crosses it.
+        let mq = setup(&mem, 1);
+        let mut q = queue_of(&mq);
+        q.set_event_idx(true);
+        mem.write_obj(0u16, used_event(&mq)).unwrap();
+        assert!(serve_suppressed(&mut q, &mem, |q| consume(q, &mem)));
     }
 }

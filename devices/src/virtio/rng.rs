@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use virtio_queue::{Queue, QueueT, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{TYPE_RNG, VirtioDevice};
+use super::{TYPE_RNG, VirtioDevice, serve_suppressed};
 
 /// At most this many bytes per request, whatever the guest's buffers claim.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -87,7 +87,10 @@ impl VirtioDevice for Rng {
 
     fn process_queue(&mut self, index: usize) -> bool {
         match (&mut self.active, index) {
-            (Some((mem, queue)), 0) => fill_chains(queue, mem, &mut self.source) > 0,
+            (Some((mem, queue)), 0) => {
+                let source = &mut self.source;
+                serve_suppressed(queue, mem, |q| fill_chains(q, mem, source))
+            }
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use tap::{Error as TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, VNET_HDR_LEN};
 
-use super::{TYPE_NET, VirtioDevice};
+use super::{TYPE_NET, VirtioDevice, serve_suppressed};
 
 pub const F_CSUM: u64 = 1 << 0;
 pub const F_GUEST_CSUM: u64 = 1 << 1;
@@ -125,7 +125,8 @@ impl Net {
     fn rx(&mut self) -> bool {
         match &mut self.active {
             Some((mem, rx, _)) => {
-                receive(rx, mem, &mut self.tap, &mut self.pending, &mut self.buf) > 0
+                let (tap, pending, buf) = (&mut self.tap, &mut self.pending, &mut self.buf);
+                serve_suppressed(rx, mem, |q| receive(q, mem, tap, pending, buf))
             }
             None => false,
         }
@@ -188,7 +189,10 @@ impl VirtioDevice for Net {
         match index {
             RX => self.rx(),
             TX => match &mut self.active {
-                Some((mem, _, tx)) => transmit(tx, mem, &mut self.tap, &mut self.buf) > 0,
+                Some((mem, _, tx)) => {
+                    let (tap, buf) = (&mut self.tap, &mut self.buf);
+                    serve_suppressed(tx, mem, |q| transmit(q, mem, tap, buf))
+                }
                 None => false,
             },
             _ => false,
