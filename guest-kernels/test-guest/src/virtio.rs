@@ -223,6 +223,11 @@ impl Queue {
         None
     }
 
+    /// Tell the device not to interrupt (VRING_AVAIL_F_NO_INTERRUPT); this driver polls.
+    pub fn no_interrupts(&self) {
+        w16(self.avail, 1);
+    }
+
     /// Write a raw descriptor, for hostile chains.
     pub fn raw_desc(&self, slot: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let d = self.desc + u64::from(slot % self.size) * 16;
