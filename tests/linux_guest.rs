@@ -160,3 +160,27 @@ fn linux_reads_the_command_line_e820_mp_table_and_initrd() {
         "{log}"
     );
 }
+
+#[test]
+fn the_hardware_suite_refuses_a_pvm_host_at_once() {
+    require_kvm!();
+    if !host_is_pvm() {
+        eprintln!(
+            "not run: on a hardware-KVM host the suite itself is what to run (scripts/hardware-suite.sh)"
+        );
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hardware-suite.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .env("GUREUM_BIN", common::GUREUM)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("PVM") && stdout.contains("kvm_intel or kvm_amd"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+}
