@@ -204,9 +204,25 @@ pub fn run_until(
     done: impl Fn(&str) -> bool,
     deadline: Duration,
 ) -> (Vec<String>, bool) {
+    let mut cmd = Command::new(GUREUM);
+    cmd.args(args);
+    run_command_until(cmd, done, deadline)
+}
+
+/// As `run_until`, for any command (QEMU, say).
+pub fn run_command_until(
+    mut cmd: Command,
+    done: impl Fn(&str) -> bool,
+    deadline: Duration,
+) -> (Vec<String>, bool) {
     use std::io::{BufRead, BufReader};
     use std::sync::mpsc;
-    let mut child = spawn(args, None);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
