@@ -68,6 +68,11 @@ pub struct BootArgs {
     /// TAP. The MAC defaults to a made-up locally administered one.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     pub net: Vec<crate::config::NetConfig>,
+    /// A virtio-vsock device: cid=N,uds=PATH. Host processes reach a guest listener on port P
+    /// by connecting to PATH and writing "CONNECT P\n" (answered "OK <port>\n"); the guest
+    /// reaches host port P at the Unix socket PATH_P. Firecracker's protocol.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<crate::config::VsockConfig>,
     /// A virtio-rng device, fed from the host's /dev/urandom.
     #[arg(long)]
     pub rng: bool,
@@ -82,6 +87,8 @@ pub struct BootArgs {
     pub allow_pvm_linux: bool,
 }
 
+// Parsed once per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Boot a guest N times and print min / median / p95 of each boot phase and of the VMM's

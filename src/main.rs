@@ -133,6 +133,7 @@ fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
         memory_mib: args.memory,
         disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
         nets: (!args.net.is_empty()).then(|| args.net.clone()),
+        vsock: args.vsock.clone(),
         rng: args.rng.then_some(true),
     };
     if flags.kernel.is_none() && file.kernel.is_none() {
@@ -169,8 +170,13 @@ fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
     let mut phases = phases::Phases::new(start);
     let vmm = vmm::Vmm::try_from(&config)?;
     let raw_terminal = term::RawTerminal::enable(0);
-    let outcome = vmm.run(timeout, &mut phases)?;
+    let outcome = vmm.run(timeout, &mut phases);
     drop(raw_terminal);
+    // gureum made the vsock socket; the process exits without running destructors.
+    if let Some(v) = &config.vsock {
+        let _ = std::fs::remove_file(&v.uds);
+    }
+    let outcome = outcome?;
     if outcome.exit_code() != 0 {
         eprintln!("gureum: {outcome}");
     }

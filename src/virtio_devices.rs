@@ -10,6 +10,7 @@ use gureum_devices::virtio::block::{Block, Disk};
 use gureum_devices::virtio::mmio::{MMIO_SIZE, QUEUE_NOTIFY};
 use gureum_devices::virtio::net::{Net, Tap, TapError};
 use gureum_devices::virtio::rng::Rng;
+use gureum_devices::virtio::vsock::Vsock;
 use gureum_devices::virtio::{Interrupt, MmioTransport, VirtioDevice, VirtioHandler};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -24,6 +25,8 @@ pub enum Error {
     OpenDisk(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error("cannot listen on the vsock socket {}", .0.display())]
+    Vsock(PathBuf, #[source] std::io::Error),
     #[error("cannot open /dev/urandom for virtio-rng")]
     OpenRng(#[source] std::io::Error),
     #[error("cannot create an eventfd")]
@@ -65,6 +68,10 @@ pub fn attach(
         let tap = Tap::open(&net.tap)?;
         let mac = net.mac.unwrap_or_else(|| made_up_mac(n));
         devices.push(Arc::new(Mutex::new(Net::new(tap, mac))));
+    }
+    if let Some(v) = &cfg.vsock {
+        let vsock = Vsock::new(v.cid.into(), &v.uds).map_err(|e| Error::Vsock(v.uds.clone(), e))?;
+        devices.push(Arc::new(Mutex::new(vsock)));
     }
     if cfg.rng {
         devices.push(Arc::new(Mutex::new(Rng::new().map_err(Error::OpenRng)?)));

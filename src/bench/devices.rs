@@ -97,6 +97,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
             id: None,
         }],
         nets: Vec::new(),
+        vsock: None,
         rng: false,
     };
     let qemu_skip = if with_qemu {

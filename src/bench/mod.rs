@@ -412,6 +412,7 @@ mod tests {
             memory_mib: 128,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             rng: false,
         };
         let mut g = Samples::default();

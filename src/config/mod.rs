@@ -9,8 +9,10 @@ use crate::arch::x86_64::{layout::CMDLINE_MAX_SIZE, mptable};
 
 mod disk;
 mod net;
+mod vsock;
 pub use disk::{DiskConfig, Drive, MAX_ID_LEN};
 pub use net::{NetConfig, NetworkInterface};
+pub use vsock::{FirecrackerVsock, VsockConfig};
 
 /// Virtio devices one VM may have (one MMIO window and one IRQ each).
 pub const MAX_VIRTIO_DEVICES: usize = 16;
@@ -32,6 +34,7 @@ pub struct VmConfig {
     /// Root disk first, if there is one.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
     pub rng: bool,
 }
 
@@ -64,6 +67,8 @@ pub enum Error {
     DuplicateDiskId(String),
     #[error("disk id {0:?} is longer than {MAX_ID_LEN} bytes")]
     DiskIdTooLong(String),
+    #[error("vsock cid {0} is reserved; use 3 or more")]
+    VsockCid(u32),
     #[error("{0} virtio devices asked for; at most {MAX_VIRTIO_DEVICES}")]
     TooManyDevices(usize),
 }
@@ -82,6 +87,7 @@ pub struct FirecrackerConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     /// Firecracker's entropy device: present means virtio-rng.
     pub entropy: Option<Entropy>,
+    pub vsock: Option<FirecrackerVsock>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +155,7 @@ pub struct VmOverrides {
     pub memory_mib: Option<u64>,
     pub disks: Option<Vec<DiskConfig>>,
     pub nets: Option<Vec<NetConfig>>,
+    pub vsock: Option<VsockConfig>,
     pub rng: Option<bool>,
 }
 
@@ -169,6 +176,10 @@ impl From<FirecrackerConfig> for VmOverrides {
         Self {
             disks: (!disks.is_empty()).then_some(disks),
             nets: (!nets.is_empty()).then_some(nets),
+            vsock: cfg.vsock.map(|v| VsockConfig {
+                cid: v.guest_cid,
+                uds: v.uds_path,
+            }),
             rng: cfg.entropy.map(|_| true),
             kernel: boot.as_ref().map(|b| b.kernel_image_path.clone()),
             initrd: boot.as_ref().and_then(|b| b.initrd_path.clone()),
@@ -190,6 +201,7 @@ impl VmOverrides {
             memory_mib: flags.memory_mib.or(self.memory_mib),
             disks: flags.disks.or(self.disks),
             nets: flags.nets.or(self.nets),
+            vsock: flags.vsock.or(self.vsock),
             rng: flags.rng.or(self.rng),
         }
     }
@@ -220,7 +232,11 @@ impl VmOverrides {
         let disks = validate_disks(self.disks.unwrap_or_default())?;
         let rng = self.rng.unwrap_or(false);
         let nets = self.nets.unwrap_or_default();
-        let devices = disks.len() + nets.len() + usize::from(rng);
+        let vsock = self.vsock;
+        if let Some(v) = vsock.as_ref().filter(|v| v.cid < 3) {
+            return Err(Error::VsockCid(v.cid));
+        }
+        let devices = disks.len() + nets.len() + usize::from(rng) + usize::from(vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(Error::TooManyDevices(devices));
         }
@@ -232,6 +248,7 @@ impl VmOverrides {
             memory_mib,
             disks,
             nets,
+            vsock,
             rng,
         })
     }
@@ -295,6 +312,7 @@ mod tests {
                 memory_mib: 256,
                 disks: Vec::new(),
                 nets: Vec::new(),
+                vsock: None,
                 rng: false,
             }
         );

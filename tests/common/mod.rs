@@ -138,6 +138,13 @@ pub fn boot_test_guest(extra: &[&str]) -> Output {
     gureum(&args)
 }
 
+/// Run `gureum boot` with exactly these arguments and a 20 s timeout.
+pub fn boot_test_guest_with(args: &[&str]) -> Output {
+    let mut all = vec!["boot", "--timeout", "20"];
+    all.extend_from_slice(args);
+    gureum(&all)
+}
+
 /// A unique scratch directory under the system temp dir.
 pub fn scratch(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -10,6 +10,7 @@ pub mod handler;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};

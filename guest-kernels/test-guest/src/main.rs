@@ -14,6 +14,7 @@ use core::arch::{asm, global_asm};
 mod mem;
 mod scenarios;
 mod virtio;
+mod vsock;
 
 const SERIAL: u16 = 0x3f8;
 const SERIAL_LSR: u16 = SERIAL + 5;
@@ -368,6 +369,8 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"virtio-hostile") => scenarios::hostile(cmdline),
         Some(b"virtio-net") => scenarios::net(cmdline),
         Some(b"bench-blk") => scenarios::bench_blk(cmdline),
+        Some(b"vsock-echo") => vsock::echo(cmdline),
+        Some(b"vsock-connect") => vsock::connect(cmdline),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {

@@ -8,14 +8,14 @@ const NET: u32 = 1;
 const BLK: u32 = 2;
 const RNG: u32 = 4;
 
-fn write_bytes(addr: u64, bytes: &[u8]) {
+pub fn write_bytes(addr: u64, bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
         // SAFETY: the driver's scratch area in guest RAM.
         unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) }
     }
 }
 
-fn read_byte(addr: u64) -> u8 {
+pub fn read_byte(addr: u64) -> u8 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
@@ -227,7 +227,7 @@ pub fn net(cmdline: &[u8]) {
 }
 
 /// Parse a decimal `key=` value from the command line.
-fn number(cmdline: &[u8], key: &[u8], default: u64) -> u64 {
+pub fn number(cmdline: &[u8], key: &[u8], default: u64) -> u64 {
     crate::param(cmdline, key)
         .and_then(|v| v.iter().try_fold(0u64, |a, &c| c.is_ascii_digit().then(|| a * 10 + u64::from(c - b'0'))))
         .unwrap_or(default)
