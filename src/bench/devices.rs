@@ -5,7 +5,7 @@
 //! (userspace virtio on both), interleaved.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::Path;
 
 use super::{Error, Samples, gureum_command, qemu_command, qemu_unavailable, time_run};
@@ -124,11 +124,96 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
                 }
             }
         }
+        for run in 0..runs {
+            gureum.push(VSOCK_ROW, vsock_rate(&exe, kernel, &dir, run)?);
+        }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     Ok(render(runs, &gureum, &qemu, qemu_skip))
+}
+
+const VSOCK_ROW: &str = "vsock echo, 1 stream, 64 MB";
+const VSOCK_BYTES: usize = 64_000_000;
+
+/// MB/s through a guest echo listener: a host client writes 64 MB through gureum's Unix socket
+/// while reading the echo back.
+fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, Error> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::net::UnixStream;
+    let uds = dir.join("bench-vsock.sock");
+    let spawn_err = |e| Error::Spawn("the vsock benchmark", e);
+    let mut child = std::process::Command::new(exe)
+        .arg("boot")
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
+        .args([
+            "--cmdline",
+            "scenario=vsock-echo port=5000 conns=1",
+            "--timeout",
+            "60",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let started = std::time::Instant::now();
+    let stream = loop {
+        match UnixStream::connect(&uds) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed().as_secs() >= 10 => {
+                let _ = child.kill();
+                return Err(spawn_err(e));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let transfer = || -> std::io::Result<f64> {
+        let mut s = stream.try_clone()?;
+        s.write_all(b"CONNECT 5000\n")?;
+        let mut line = String::new();
+        BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+        let t = std::time::Instant::now();
+        let mut w = stream.try_clone()?;
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![0x5au8; 1 << 20];
+            let mut left = VSOCK_BYTES;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                w.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while got < VSOCK_BYTES {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        writer
+            .join()
+            .map_err(|_| std::io::Error::other("writer"))??;
+        s.shutdown(std::net::Shutdown::Both)?;
+        Ok(got as f64 / secs / 1e6)
+    };
+    let rate = transfer();
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    match rate {
+        Ok(r) if out.status.success() => Ok(r),
+        _ => Err(Error::Run {
+            vmm: "gureum",
+            run,
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+    }
 }
 
 fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String {
@@ -141,12 +226,16 @@ fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String
         "{:<38} {:>14} {:>14} {:>12}",
         "workload (median)", "gureum", "qemu microvm", "gureum/qemu"
     );
-    for w in &WORKLOADS {
-        let unit = match w.unit {
+    let rows = WORKLOADS
+        .iter()
+        .map(|w| (w.name, w.unit))
+        .chain([(VSOCK_ROW, Unit::MegabytesPerSecond)]);
+    for (name, unit) in rows {
+        let unit = match unit {
             Unit::MegabytesPerSecond => "MB/s",
             Unit::Iops => "IOPS",
         };
-        let med = |s: &Samples| s.stats(w.name).map(|v| v[1]);
+        let med = |s: &Samples| s.stats(name).map(|v| v[1]);
         let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} {unit}"));
         let ratio = match (med(g), med(q)) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -155,15 +244,19 @@ fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String
         let _ = writeln!(
             r,
             "{:<38} {:>14} {:>14} {:>12}",
-            w.name,
+            name,
             cell(med(g)),
             cell(med(q)),
             ratio
         );
     }
+    let _ = writeln!(
+        r,
+        "vsock: QEMU has no userspace vsock device (only vhost-vsock), so there is no QEMU number"
+    );
     let _ = match skip {
         Some(why) => write!(r, "qemu microvm: skipped ({why})"),
-        None => write!(r, "target: gureum >= 1.0x QEMU on each workload"),
+        None => write!(r, "target: gureum >= 1.0x QEMU on each block workload"),
     };
     r
 }
