@@ -278,6 +278,7 @@ fn bench_devices_reports_every_workload() {
         ("block read, 64 KiB", "MB/s"),
         ("block read, 4 KiB", "IOPS"),
         ("block write, 64 KiB", "MB/s"),
+        ("vsock echo", "MB/s"),
     ] {
         let line = out
             .stdout
