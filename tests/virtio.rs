@@ -279,6 +279,8 @@ fn bench_devices_reports_every_workload() {
         ("block read, 4 KiB", "IOPS"),
         ("block write, 64 KiB", "MB/s"),
         ("vsock echo", "MB/s"),
+        ("net tx, 1514-byte frames", "fps"),
+        ("net tx, the same in MB/s", "MB/s"),
     ] {
         let line = out
             .stdout

@@ -19,6 +19,7 @@ const MARKS: [&str; 2] = ["bench: start", "bench: done"];
 enum Unit {
     MegabytesPerSecond,
     Iops,
+    FramesPerSecond,
 }
 
 struct Workload {
@@ -71,7 +72,7 @@ fn rate(w: &Workload, marks: &[Option<f64>]) -> Option<f64> {
     let seconds = (done - start) / 1e6;
     (seconds > 0.0).then(|| match w.unit {
         Unit::MegabytesPerSecond => w.bytes / seconds / 1e6,
-        Unit::Iops => w.requests / seconds,
+        Unit::Iops | Unit::FramesPerSecond => w.requests / seconds,
     })
 }
 
@@ -106,6 +107,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
         Some("--no-qemu".into())
     };
     let (mut gureum, mut qemu) = (Samples::default(), Samples::default());
+    let netns = Netns::new();
     let result = (|| {
         for w in &WORKLOADS {
             config.cmdline = format!("scenario=bench-blk {}", w.args);
@@ -127,11 +129,101 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
         for run in 0..runs {
             gureum.push(VSOCK_ROW, vsock_rate(&exe, kernel, &dir, run)?);
         }
+        if let Ok(ns) = &netns {
+            config.disks.clear();
+            config.cmdline = format!("scenario=bench-net count={NET_FRAMES}");
+            config.nets = vec![crate::config::NetConfig {
+                tap: NET_TAP.into(),
+                mac: None,
+            }];
+            for run in 0..runs {
+                let g = time_run(ns.wrap(gureum_command(&exe, &config)), "gureum", &MARKS)?;
+                net_push(&mut gureum, &g.marks).ok_or_else(|| run_error("gureum", run, &g))?;
+                if qemu_skip.is_none() {
+                    let q = time_run(ns.wrap(qemu_command(&config)), "qemu-system-x86_64", &MARKS)?;
+                    net_push(&mut qemu, &q.marks).ok_or_else(|| run_error("qemu", run, &q))?;
+                }
+            }
+        }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
+    let net_skip = netns.as_ref().err().cloned();
+    drop(netns);
     result?;
-    Ok(render(runs, &gureum, &qemu, qemu_skip))
+    Ok(render(runs, &gureum, &qemu, qemu_skip, net_skip))
+}
+
+const NET_TAP: &str = "gbench0";
+const NET_FRAMES: u32 = 20_000;
+const NET_FRAME_BYTES: f64 = 1514.0;
+const NET_PPS_ROW: &str = "net tx, 1514-byte frames, 32 in flight";
+const NET_MBPS_ROW: &str = "net tx, the same in MB/s";
+
+fn run_error(vmm: &'static str, run: usize, r: &super::Run) -> Error {
+    Error::Run {
+        vmm,
+        run,
+        code: r.code,
+        stderr: r.stderr.clone(),
+    }
+}
+
+fn net_push(s: &mut Samples, marks: &[Option<f64>]) -> Option<()> {
+    let (start, done) = (marks.first().copied()??, marks.get(1).copied()??);
+    let secs = (done - start) / 1e6;
+    let pps = f64::from(NET_FRAMES) / secs;
+    s.push(NET_PPS_ROW, pps);
+    s.push(NET_MBPS_ROW, pps * NET_FRAME_BYTES / 1e6);
+    Some(())
+}
+
+/// A network namespace with an up TAP for the frames to go to (the host kernel drops them),
+/// removed on drop. Err says why there is none (not root, no iproute2).
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Result<Self, String> {
+        let name = format!("gureum-bench-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))
+                .and_then(|o| {
+                    o.status.success().then_some(()).ok_or_else(|| {
+                        format!(
+                            "ip {}: {}",
+                            args.join(" "),
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        )
+                    })
+                })
+        };
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "tuntap", "add", "dev", NET_TAP, "mode", "tap"])?;
+        ip(&["-n", &ns.0, "link", "set", NET_TAP, "up"])?;
+        Ok(ns)
+    }
+
+    /// `cmd`, run inside the namespace.
+    fn wrap(&self, cmd: std::process::Command) -> std::process::Command {
+        let mut wrapped = std::process::Command::new("ip");
+        wrapped
+            .args(["netns", "exec", &self.0])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        wrapped
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
 }
 
 const VSOCK_ROW: &str = "vsock echo, 1 stream, 64 MB";
@@ -216,7 +308,13 @@ fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, 
     }
 }
 
-fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String {
+fn render(
+    runs: usize,
+    g: &Samples,
+    q: &Samples,
+    skip: Option<String>,
+    net_skip: Option<String>,
+) -> String {
     let mut r = format!(
         "gureum bench devices: {runs} runs each, test guest, 1 vCPU, {IMAGE_MIB} MiB image (page cache), {:?} KVM\n",
         kvm_kind().0
@@ -226,14 +324,16 @@ fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String
         "{:<38} {:>14} {:>14} {:>12}",
         "workload (median)", "gureum", "qemu microvm", "gureum/qemu"
     );
-    let rows = WORKLOADS
-        .iter()
-        .map(|w| (w.name, w.unit))
-        .chain([(VSOCK_ROW, Unit::MegabytesPerSecond)]);
+    let rows = WORKLOADS.iter().map(|w| (w.name, w.unit)).chain([
+        (VSOCK_ROW, Unit::MegabytesPerSecond),
+        (NET_PPS_ROW, Unit::FramesPerSecond),
+        (NET_MBPS_ROW, Unit::MegabytesPerSecond),
+    ]);
     for (name, unit) in rows {
         let unit = match unit {
             Unit::MegabytesPerSecond => "MB/s",
             Unit::Iops => "IOPS",
+            Unit::FramesPerSecond => "fps",
         };
         let med = |s: &Samples| s.stats(name).map(|v| v[1]);
         let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} {unit}"));
@@ -254,9 +354,15 @@ fn render(runs: usize, g: &Samples, q: &Samples, skip: Option<String>) -> String
         r,
         "vsock: QEMU has no userspace vsock device (only vhost-vsock), so there is no QEMU number"
     );
+    if let Some(why) = net_skip {
+        let _ = writeln!(r, "net: skipped ({why})");
+    }
     let _ = match skip {
         Some(why) => write!(r, "qemu microvm: skipped ({why})"),
-        None => write!(r, "target: gureum >= 1.0x QEMU on each block workload"),
+        None => write!(
+            r,
+            "target: gureum >= 1.0x QEMU on each block and net workload"
+        ),
     };
     r
 }

@@ -135,6 +135,9 @@ pub(crate) fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
         }
         cmd.args(["--disk", &spec]);
     }
+    for net in &config.nets {
+        cmd.args(["--net", &format!("tap={}", net.tap)]);
+    }
     cmd
 }
 
@@ -186,6 +189,18 @@ pub(crate) fn qemu_command(config: &VmConfig) -> Command {
             &drive,
             "-device",
             &format!("virtio-blk-device,drive=d{i}"),
+        ]);
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let netdev = format!(
+            "tap,id=n{i},ifname={},script=no,downscript=no,vhost=off",
+            net.tap
+        );
+        cmd.args([
+            "-netdev",
+            &netdev,
+            "-device",
+            &format!("virtio-net-device,netdev=n{i}"),
         ]);
     }
     cmd

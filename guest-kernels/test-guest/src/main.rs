@@ -369,6 +369,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"virtio-hostile") => scenarios::hostile(cmdline),
         Some(b"virtio-net") => scenarios::net(cmdline),
         Some(b"bench-blk") => scenarios::bench_blk(cmdline),
+        Some(b"bench-net") => scenarios::bench_net(cmdline),
         Some(b"vsock-echo") => vsock::echo(cmdline),
         Some(b"vsock-connect") => vsock::connect(cmdline),
         Some(b"hang") => {

@@ -296,3 +296,47 @@ pub fn bench_blk(cmdline: &[u8]) {
     put_dec(bs);
     puts(b" bytes\n");
 }
+
+/// Transmit `count=` frames of `size=` bytes (default 1514), `depth=` in flight, from one buffer
+/// the device reads each time. Prints "bench: start" / "bench: done" for the host to time.
+pub fn bench_net(cmdline: &[u8]) {
+    let count = number(cmdline, b"count", 20000);
+    let size = number(cmdline, b"size", 1514).clamp(60, 1514) as u32;
+    let depth = number(cmdline, b"depth", 32).clamp(1, 128) as u16;
+    let Some((index, base)) = virtio::find(cmdline, NET) else {
+        puts(b"bench: no network device\n");
+        return;
+    };
+    let Ok([_rx, mut tx]) = virtio::init_queues(base, index, 0, 256, 2) else {
+        puts(b"bench: init failed\n");
+        return;
+    };
+    tx.no_interrupts();
+    let frame = tx.buffers();
+    let mut f = [0u8; 12 + 14];
+    f[12..18].fill(0xff);
+    f[18..24].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    f[24..26].copy_from_slice(&[0x88, 0xb5]);
+    write_bytes(frame, &f);
+    for slot in 0..depth {
+        tx.raw_desc(slot, frame, 12 + size, 0, 0);
+    }
+    puts(b"bench: start\n");
+    let first = depth.min(count as u16);
+    tx.post_many(0..first);
+    let (mut issued, mut done) = (u64::from(first), 0u64);
+    while done < count {
+        let Some(head) = tx.wait_head() else {
+            puts(b"bench: timeout\n");
+            return;
+        };
+        done += 1;
+        if issued < count {
+            issued += 1;
+            tx.post_many(core::iter::once(head));
+        }
+    }
+    puts(b"bench: done ");
+    put_dec(done);
+    puts(b" frames\n");
+}
