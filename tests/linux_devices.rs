@@ -30,13 +30,13 @@ fn vmlinux() -> PathBuf {
 }
 
 /// A 32 MiB ext4 image holding busybox and the init above.
-fn root_image(dir: &Path) -> PathBuf {
+fn root_image(dir: &Path, init: &str) -> PathBuf {
     let root = dir.join("root");
-    for d in ["bin", "proc", "dev"] {
+    for d in ["bin", "proc", "dev", "tmp"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::fs::write(root.join("init"), INIT).unwrap();
+    std::fs::write(root.join("init"), init).unwrap();
     let chmod = Command::new("chmod")
         .arg("755")
         .arg(root.join("init"))
@@ -84,7 +84,7 @@ fn ext4_root_write_sync_survives_sigkill_under_gureum() {
         return;
     }
     let dir = common::scratch("linux-ext4");
-    let image = root_image(&dir);
+    let image = root_image(&dir, INIT);
     let token = common::token();
     let kernel = vmlinux().display().to_string();
     let disk = format!("{},root", image.display());
@@ -109,7 +109,7 @@ fn ext4_root_write_sync_survives_sigkill_under_gureum() {
 #[test]
 fn ext4_root_under_tcg() {
     let dir = common::scratch("linux-ext4-tcg");
-    let image = root_image(&dir);
+    let image = root_image(&dir, INIT);
     let token = common::token();
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -148,5 +148,225 @@ fn ext4_root_under_tcg() {
     let (lines, met) = common::run_command_until(qemu, synced(&token), Duration::from_secs(120));
     assert!(met, "{}", lines.join("\n"));
     assert_eq!(read_back(&image, "/written.txt"), token);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The guest half of the TCP test: receive `gureum.mb` MB on port 5001 and print its checksum,
+/// then send as many zero bytes to the host's port 5002, then power off.
+const TCP_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
+mb=$(/bin/busybox sed -n 's/.*gureum.mb=\([0-9]*\).*/\1/p' /proc/cmdline)
+echo "gureum-test: listening"
+sum=$(/bin/busybox nc -l -p 5001 | /bin/busybox sha256sum)
+echo "gureum-test: received ${sum%% *}"
+/bin/busybox dd if=/dev/zero bs=1M count=$mb 2>/dev/null | /bin/busybox nc 10.0.2.1 5002
+echo "gureum-test: sent"
+/bin/busybox reboot -f
+"#;
+
+const GUEST_IP: &str = "10.0.2.15";
+const IP_CMDLINE: &str = "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off";
+
+/// A network namespace with a TAP at 10.0.2.1/24, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tap: &str) -> Self {
+        let name = format!("gureum-tcp{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "tuntap", "add", "dev", tap, "mode", "tap"]);
+        ip(&["-n", &ns.0, "addr", "add", "10.0.2.1/24", "dev", tap]);
+        ip(&["-n", &ns.0, "link", "set", tap, "up"]);
+        ns
+    }
+
+    /// Run `f` on a thread inside the namespace.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = std::ffi::CString::new(format!("/run/netns/{}", self.0)).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a descriptor we open; it moves only this thread.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                assert!(
+                    fd >= 0 && libc::setns(fd, libc::CLONE_NEWNET) == 0,
+                    "enter the namespace"
+                );
+                libc::close(fd);
+            }
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The host half: send `mb` MB of pseudo-random data to the guest's port 5001 (once it
+/// listens), and take `mb` MB back on port 5002. Returns (sha256 of what was sent, bytes back).
+fn host_side(ns: &Netns, mb: usize, dir: &Path) -> std::thread::JoinHandle<(String, usize)> {
+    use std::io::{Read, Write};
+    let file = dir.join("payload");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..mb << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    ns.run(move || {
+        let listener = std::net::TcpListener::bind("10.0.2.1:5002").unwrap();
+        let start = std::time::Instant::now();
+        let mut s = loop {
+            match std::net::TcpStream::connect((GUEST_IP, 5001)) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < Duration::from_secs(100) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("connect to the guest: {e}"),
+            }
+        };
+        s.write_all(&data).unwrap();
+        drop(s);
+        let (mut back, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        back.read_to_end(&mut got).unwrap();
+        assert!(got.iter().all(|b| *b == 0), "zeros back");
+        (sum, got.len())
+    })
+}
+
+#[test]
+fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
+    require_kvm!();
+    let check = common::gureum(&["host-check", "--json"]);
+    if check.stdout.contains("\"kind\": \"pvm\"") {
+        eprintln!(
+            "not run: this host's KVM is PVM, where a Linux guest's userspace cannot run; the guest half runs under TCG in tcp_over_a_tap_under_tcg"
+        );
+        return;
+    }
+    let dir = common::scratch("linux-tcp");
+    let image = root_image(&dir, TCP_INIT);
+    let tap = "gtcp0";
+    let ns = Netns::new(tap);
+    let host = host_side(&ns, 100, &dir);
+    let cmdline =
+        format!("console=ttyS0 reboot=k panic=1 pci=off init=/init {IP_CMDLINE} gureum.mb=100");
+    let out = common::finish(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, common::GUREUM, "boot", "--kernel"])
+            .arg(vmlinux())
+            .args([
+                "--memory",
+                "256",
+                "--disk",
+                &format!("{},root", image.display()),
+            ])
+            .args([
+                "--net",
+                &format!("tap={tap}"),
+                "--cmdline",
+                &cmdline,
+                "--timeout",
+                "120",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(150),
+    );
+    let (sum, back) = host.join().unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!("gureum-test: received {sum}")),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(back, 100 << 20);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tcp_over_a_tap_under_tcg() {
+    let dir = common::scratch("linux-tcp-tcg");
+    let image = root_image(&dir, TCP_INIT);
+    let tap = "gtcpq0";
+    let ns = Netns::new(tap);
+    let mb = 4;
+    let host = host_side(&ns, mb, &dir);
+    let mut qemu = Command::new("ip");
+    qemu.args(["netns", "exec", &ns.0, "qemu-system-x86_64"]);
+    qemu.args([
+        "-M",
+        "microvm,pit=on,pic=on,rtc=on,acpi=off",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "256",
+    ]);
+    qemu.arg("-kernel").arg(vmlinux());
+    qemu.args(["-append", &format!("console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init {IP_CMDLINE} gureum.mb={mb}")]);
+    qemu.args([
+        "-no-reboot",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
+    qemu.args(["-global", "virtio-mmio.force-legacy=false"]);
+    qemu.args([
+        "-drive",
+        &format!("id=d0,file={},format=raw,if=none", image.display()),
+    ]);
+    qemu.args(["-device", "virtio-blk-device,drive=d0"]);
+    qemu.args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"),
+    ]);
+    qemu.args(["-device", "virtio-net-device,netdev=n0"]);
+    let (lines, met) =
+        common::run_command_until(qemu, |l| l == "gureum-test: sent", Duration::from_secs(150));
+    let (sum, back) = host.join().unwrap();
+    assert!(met, "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("gureum-test: received {sum}")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(back, mb << 20);
     std::fs::remove_dir_all(dir).unwrap();
 }
