@@ -168,61 +168,13 @@ echo "gureum-test: sent"
 const GUEST_IP: &str = "10.0.2.15";
 const IP_CMDLINE: &str = "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off";
 
-/// A network namespace with a TAP at 10.0.2.1/24, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tap: &str) -> Self {
-        let name = format!("gureum-tcp{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("run ip (iproute2)");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["netns", "add", &name]);
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "tuntap", "add", "dev", tap, "mode", "tap"]);
-        ip(&["-n", &ns.0, "addr", "add", "10.0.2.1/24", "dev", tap]);
-        ip(&["-n", &ns.0, "link", "set", tap, "up"]);
-        ns
-    }
-
-    /// Run `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = std::ffi::CString::new(format!("/run/netns/{}", self.0)).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: setns on a descriptor we open; it moves only this thread.
-            unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                assert!(
-                    fd >= 0 && libc::setns(fd, libc::CLONE_NEWNET) == 0,
-                    "enter the namespace"
-                );
-                libc::close(fd);
-            }
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// The host half: send `mb` MB of pseudo-random data to the guest's port 5001 (once it
 /// listens), and take `mb` MB back on port 5002. Returns (sha256 of what was sent, bytes back).
-fn host_side(ns: &Netns, mb: usize, dir: &Path) -> std::thread::JoinHandle<(String, usize)> {
+fn host_side(
+    ns: &common::Netns,
+    mb: usize,
+    dir: &Path,
+) -> std::thread::JoinHandle<(String, usize)> {
     use std::io::{Read, Write};
     let file = dir.join("payload");
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -276,13 +228,13 @@ fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
     let dir = common::scratch("linux-tcp");
     let image = root_image(&dir, TCP_INIT);
     let tap = "gtcp0";
-    let ns = Netns::new(tap);
+    let ns = common::Netns::new("tcp", tap, Some("10.0.2.1/24"));
     let host = host_side(&ns, 100, &dir);
     let cmdline =
         format!("console=ttyS0 reboot=k panic=1 pci=off init=/init {IP_CMDLINE} gureum.mb=100");
     let out = common::finish(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, common::GUREUM, "boot", "--kernel"])
+        ns.command(common::GUREUM)
+            .args(["boot", "--kernel"])
             .arg(vmlinux())
             .args([
                 "--memory",
@@ -321,11 +273,10 @@ fn tcp_over_a_tap_under_tcg() {
     let dir = common::scratch("linux-tcp-tcg");
     let image = root_image(&dir, TCP_INIT);
     let tap = "gtcpq0";
-    let ns = Netns::new(tap);
+    let ns = common::Netns::new("tcpq", tap, Some("10.0.2.1/24"));
     let mb = 4;
     let host = host_side(&ns, mb, &dir);
-    let mut qemu = Command::new("ip");
-    qemu.args(["netns", "exec", &ns.0, "qemu-system-x86_64"]);
+    let mut qemu = ns.command("qemu-system-x86_64");
     qemu.args([
         "-M",
         "microvm,pit=on,pic=on,rtc=on,acpi=off",

@@ -4,73 +4,23 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
-/// A network namespace with an up TAP in it, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tap: &str) -> Self {
-        let name = format!("gureum-t{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("run ip (iproute2)");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["netns", "add", &name]);
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "tuntap", "add", "dev", tap, "mode", "tap"]);
-        ip(&["-n", &ns.0, "link", "set", tap, "up"]);
-        // Keep the host's own IPv6 chatter off the link.
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])
-            .status();
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// In a thread inside `ns`: open a packet socket on `tap`, say ready, wait for the guest's ping
 /// and answer it. Returns the ping frame.
 fn answer_ping(
-    ns: String,
+    ns: &common::Netns,
     tap: &'static str,
     ready: mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let path = std::ffi::CString::new(format!("/run/netns/{ns}")).unwrap();
+    ns.run(move || {
         let name = std::ffi::CString::new(tap).unwrap();
-        // SAFETY: plain syscalls on values owned here; setns affects only this thread.
+        // SAFETY: plain socket syscalls on values owned here.
         unsafe {
-            let nsfd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            assert!(
-                nsfd >= 0 && libc::setns(nsfd, libc::CLONE_NEWNET) == 0,
-                "enter {ns}"
-            );
-            libc::close(nsfd);
             let all = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
             let sock = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
             assert!(sock >= 0, "packet socket");
@@ -122,17 +72,17 @@ fn answer_ping(
 fn frames_cross_a_tap_both_ways() {
     require_kvm!();
     let tap = "gtap0";
-    let ns = Netns::new(tap);
+    let ns = common::Netns::new("net", tap, None);
     let (tx, rx) = mpsc::channel();
-    let host = answer_ping(ns.0.clone(), tap, tx);
+    let host = answer_ping(&ns, tap, tx);
     rx.recv_timeout(Duration::from_secs(10))
         .expect("host side ready");
     let kernel = common::test_guest().display().to_string();
     let gureum = common::GUREUM;
     let out = common::finish(
         {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &ns.0, gureum, "boot", "--kernel", &kernel]);
+            let mut cmd = ns.command(gureum);
+            cmd.args(["boot", "--kernel", &kernel]);
             cmd.args(["--net", &format!("tap={tap},mac=02:00:00:00:00:07")]);
             cmd.args(["--cmdline", "scenario=virtio-net", "--timeout", "30"]);
             cmd.stdin(std::process::Stdio::null())

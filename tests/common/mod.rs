@@ -256,3 +256,79 @@ pub fn run_command_until(
     let _ = child.wait();
     (lines, met)
 }
+
+/// A network namespace with an up TAP in it (and an address on the TAP if given), IPv6 off so
+/// the host's own chatter stays off the link; removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str, tap: &str, addr: Option<&str>) -> Self {
+        let name = format!("gureum-{tag}{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "tuntap", "add", "dev", tap, "mode", "tap"]);
+        if let Some(addr) = addr {
+            ip(&["-n", &ns.name, "addr", "add", addr, "dev", tap]);
+        }
+        ip(&["-n", &ns.name, "link", "set", tap, "up"]);
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ])
+            .status();
+        ns
+    }
+
+    /// Run `f` on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = std::ffi::CString::new(format!("/run/netns/{}", self.name)).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a descriptor we open; it moves only this thread.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                assert!(
+                    fd >= 0 && libc::setns(fd, libc::CLONE_NEWNET) == 0,
+                    "enter the namespace"
+                );
+                libc::close(fd);
+            }
+            f()
+        })
+    }
+
+    /// `gureum`'s (or any program's) command line, run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

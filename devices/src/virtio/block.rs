@@ -8,10 +8,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{TYPE_BLOCK, VirtioDevice, serve_suppressed};
+use super::{Chain, TYPE_BLOCK, VirtioDevice, complete_chains, serve_suppressed};
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -159,11 +159,7 @@ impl Disk {
 /// Serve one descriptor chain: a 16-byte header (type, reserved, sector) in readable
 /// descriptors, then the data, then a one-byte status in the last writable byte. Returns the
 /// bytes written to guest memory, or None when the chain has no room for a status.
-pub fn serve_chain(
-    disk: &Disk,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Option<u32> {
+pub fn serve_chain(disk: &Disk, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Option<u32> {
     let mut req = Reader::new(mem, chain.clone()).ok()?;
     let mut data = Writer::new(mem, chain).ok()?;
     let room = data.available_bytes().checked_sub(1)?;
@@ -182,15 +178,9 @@ pub fn serve_chain(
 
 /// Serve every available chain; returns how many were completed.
 pub fn serve_queue(disk: &Disk, queue: &mut Queue, mem: &GuestMemoryMmap) -> usize {
-    let mut used = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = serve_chain(disk, mem, chain).unwrap_or(0);
-        if queue.add_used(mem, head, len).is_ok() {
-            used += 1;
-        }
-    }
-    used
+    complete_chains(queue, mem, |chain| {
+        serve_chain(disk, mem, chain).unwrap_or(0)
+    })
 }
 
 pub struct Block {

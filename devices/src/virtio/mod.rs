@@ -39,6 +39,29 @@ pub const INT_CONFIG: u32 = 2;
 /// interrupts; the transport tells each queue when the driver accepted it).
 pub const F_EVENT_IDX: u64 = 1 << 29;
 
+/// A descriptor chain in guest memory.
+pub type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Pop every available chain, let `serve` handle it (returning the bytes it wrote into guest
+/// memory), and put it on the used ring. Returns how many chains were used. A chain whose used
+/// entry cannot be written belongs to a driver that broke its own ring, and is dropped.
+pub fn complete_chains(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(Chain<'_>) -> u32,
+) -> usize {
+    use virtio_queue::QueueT;
+    let mut used = 0;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let written = serve(chain);
+        if queue.add_used(mem, head, written).is_ok() {
+            used += 1;
+        }
+    }
+    used
+}
+
 /// Serve `queue` with `serve` (which returns how many chains it completed), with the driver's
 /// notifications suppressed while it works and re-armed after, serving again if more work
 /// arrived meanwhile. Returns whether the driver wants an interrupt for what was completed

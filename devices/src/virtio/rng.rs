@@ -4,10 +4,10 @@
 use std::fs::File;
 use std::io::{Read, Write};
 
-use virtio_queue::{Queue, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{TYPE_RNG, VirtioDevice, serve_suppressed};
+use super::{TYPE_RNG, VirtioDevice, complete_chains, serve_suppressed};
 
 /// At most this many bytes per request, whatever the guest's buffers claim.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -16,32 +16,19 @@ const QUEUE_SIZE: u16 = 256;
 /// Fill every available chain with bytes from `source`; returns how many chains were used.
 /// A chain that is not writable or points outside guest memory completes with 0 bytes.
 pub fn fill_chains(queue: &mut Queue, mem: &GuestMemoryMmap, source: &mut impl Read) -> usize {
-    let mut used = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let written = match Writer::new(mem, chain) {
-            Ok(mut writer) => {
-                let mut buf = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
-                match source
-                    .read_exact(&mut buf)
-                    .and_then(|()| writer.write_all(&buf))
-                {
-                    Ok(()) => buf.len(),
-                    Err(_) => 0,
-                }
-            }
-            Err(_) => 0,
+    complete_chains(queue, mem, |chain| {
+        let Ok(mut writer) = Writer::new(mem, chain) else {
+            return 0;
         };
-        // The used ring is in guest memory the queue already validated; a failure here means
-        // the guest broke its own ring, and the chain is dropped.
-        if queue
-            .add_used(mem, head, u32::try_from(written).unwrap_or(0))
-            .is_ok()
+        let mut buf = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
+        match source
+            .read_exact(&mut buf)
+            .and_then(|()| writer.write_all(&buf))
         {
-            used += 1;
+            Ok(()) => u32::try_from(buf.len()).unwrap_or(0),
+            Err(_) => 0,
         }
-    }
-    used
+    })
 }
 
 pub struct Rng {

@@ -176,19 +176,24 @@ impl Queue {
         w32(self.base + 0x050, self.notify);
     }
 
-    /// Wait for the next used element; its length, or None after about ten seconds.
-    pub fn wait(&mut self) -> Option<u32> {
+    /// Wait for the next used element: its (head, length), or None after about ten seconds.
+    fn next_used(&mut self) -> Option<(u16, u32)> {
         let start = rdtsc();
         while rdtsc().wrapping_sub(start) < WAIT_TSC {
             if r16(self.used + 2) != self.last_used {
                 fence(Ordering::SeqCst);
-                let slot = u64::from(self.last_used % self.size);
+                let elem = self.used + 4 + u64::from(self.last_used % self.size) * 8;
                 self.last_used = self.last_used.wrapping_add(1);
-                return Some(r32(self.used + 4 + slot * 8 + 4));
+                return Some((r32(elem) as u16, r32(elem + 4)));
             }
             core::hint::spin_loop();
         }
         None
+    }
+
+    /// The length the device reported for the next used element.
+    pub fn wait(&mut self) -> Option<u32> {
+        self.next_used().map(|(_, len)| len)
     }
 
     pub fn submit(&mut self, bufs: &[(u64, u32, bool)]) -> Option<u32> {
@@ -208,19 +213,9 @@ impl Queue {
         w32(self.base + 0x050, self.notify);
     }
 
-    /// Wait for used elements and return the head of the next one (None after ~10 s).
+    /// The head of the next used element.
     pub fn wait_head(&mut self) -> Option<u16> {
-        let start = rdtsc();
-        while rdtsc().wrapping_sub(start) < WAIT_TSC {
-            if r16(self.used + 2) != self.last_used {
-                fence(Ordering::SeqCst);
-                let slot = u64::from(self.last_used % self.size);
-                self.last_used = self.last_used.wrapping_add(1);
-                return Some(r32(self.used + 4 + slot * 8) as u16);
-            }
-            core::hint::spin_loop();
-        }
-        None
+        self.next_used().map(|(head, _)| head)
     }
 
     /// Tell the device not to interrupt (VRING_AVAIL_F_NO_INTERRUPT); this driver polls.

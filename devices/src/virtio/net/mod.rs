@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use tap::{Error as TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, VNET_HDR_LEN};
 
-use super::{TYPE_NET, VirtioDevice, serve_suppressed};
+use super::{TYPE_NET, VirtioDevice, complete_chains, serve_suppressed};
 
 pub const F_CSUM: u64 = 1 << 0;
 pub const F_GUEST_CSUM: u64 = 1 << 1;
@@ -40,9 +40,7 @@ pub fn transmit(
     sink: &mut impl Write,
     buf: &mut [u8],
 ) -> usize {
-    let mut used = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
+    complete_chains(queue, mem, |chain| {
         if let Ok(mut reader) = Reader::new(mem, chain) {
             let n = reader.available_bytes();
             if (VNET_HDR_LEN..=buf.len()).contains(&n) && reader.read_exact(&mut buf[..n]).is_ok() {
@@ -50,11 +48,8 @@ pub fn transmit(
                 let _ = sink.write(&buf[..n]);
             }
         }
-        if queue.add_used(mem, head, 0).is_ok() {
-            used += 1;
-        }
-    }
-    used
+        0
+    })
 }
 
 /// Deliver frames into the guest's receive buffers: first `pending`, then what `source` has,

@@ -12,7 +12,7 @@ use std::path::Path;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{TYPE_VSOCK, VirtioDevice, serve_suppressed};
+use super::{TYPE_VSOCK, VirtioDevice, complete_chains, serve_suppressed};
 use muxer::{MAX_PAYLOAD, Muxer};
 use packet::{HDR_LEN, Header};
 
@@ -20,9 +20,7 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
 
 /// Hand every transmitted packet to the muxer; returns how many chains were used.
 pub fn transmit(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> usize {
-    let mut used = 0;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
+    complete_chains(queue, mem, |chain| {
         if let Ok(mut reader) = Reader::new(mem, chain) {
             let mut bytes = [0u8; HDR_LEN];
             if reader.read_exact(&mut bytes).is_ok() {
@@ -30,11 +28,8 @@ pub fn transmit(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> 
                 muxer.handle_guest_packet(hdr, &mut (&mut reader).take(u64::from(hdr.len)));
             }
         }
-        if queue.add_used(mem, head, 0).is_ok() {
-            used += 1;
-        }
-    }
-    used
+        0
+    })
 }
 
 /// Fill receive buffers with what the muxer has for the guest; returns how many were used.
