@@ -39,8 +39,8 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     queues: Vec<Queue>,
-    /// Queues given a size the device refused: they may not start.
-    size_refused: Vec<bool>,
+    /// Queues given a size or ring address the device refused: they may not start.
+    refused: Vec<bool>,
     config_generation: u32,
 }
 
@@ -69,7 +69,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            size_refused: vec![false; queues.len()],
+            refused: vec![false; queues.len()],
             queues,
             config_generation: 0,
         }
@@ -132,8 +132,8 @@ impl MmioTransport {
                 // may not start.
                 let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
                 if let Some(q) = self.queues.get_mut(sel) {
-                    let refused = q.try_set_size(u16::try_from(v).unwrap_or(0)).is_err();
-                    self.size_refused[sel] = refused;
+                    // Refusals accumulate until the driver resets the device.
+                    self.refused[sel] |= q.try_set_size(u16::try_from(v).unwrap_or(0)).is_err();
                 }
             }
             0x044 if configuring => {
@@ -144,8 +144,22 @@ impl MmioTransport {
             0x064 => self.interrupt.ack(v),
             0x070 => self.set_status(v),
             0x080..=0x0a4 if configuring => {
-                let Some(q) = self.selected_queue() else {
+                let sel = usize::try_from(self.queue_sel).unwrap_or(usize::MAX);
+                let Some(q) = self.queues.get_mut(sel) else {
                     return;
+                };
+                // virtio-queue keeps the old address when it refuses a new one (misaligned):
+                // check the write took, or the device would use rings the driver did not set.
+                let ring = |q: &Queue| match offset & !4 {
+                    0x080 => q.desc_table(),
+                    0x090 => q.avail_ring(),
+                    _ => q.used_ring(),
+                };
+                let old = ring(q);
+                let wanted = if offset & 4 == 0 {
+                    (old & !0xffff_ffff) | u64::from(v)
+                } else {
+                    (old & 0xffff_ffff) | (u64::from(v) << 32)
                 };
                 match offset {
                     0x080 => q.set_desc_table_address(Some(v), None),
@@ -154,7 +168,10 @@ impl MmioTransport {
                     0x094 => q.set_avail_ring_address(None, Some(v)),
                     0x0a0 => q.set_used_ring_address(Some(v), None),
                     0x0a4 => q.set_used_ring_address(None, Some(v)),
-                    _ => {}
+                    _ => return,
+                }
+                if ring(q) != wanted {
+                    self.refused[sel] = true;
                 }
             }
             // QueueNotify without an ioeventfd behind it, and anything read-only or out of
@@ -194,7 +211,7 @@ impl MmioTransport {
         let valid = self
             .queues
             .iter()
-            .zip(&self.size_refused)
+            .zip(&self.refused)
             .all(|(q, refused)| !q.ready() || (!refused && q.is_valid(&self.mem)));
         if !valid || !self.queues.iter().any(|q| q.ready()) {
             self.status |= STATUS_NEEDS_RESET;
@@ -214,7 +231,7 @@ impl MmioTransport {
         let d = lock(&self.device);
         self.queues = fresh_queues(d.queue_max_sizes());
         drop(d);
-        self.size_refused = vec![false; self.queues.len()];
+        self.refused = vec![false; self.queues.len()];
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;
@@ -404,6 +421,24 @@ mod tests {
         w(&mut t, 0x084, 0xffff);
         w(&mut t, 0x070, ALL);
         assert_ne!(r(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn misaligned_rings_need_a_reset() {
+        // Descriptor tables align to 16, available rings to 2, used rings to 4.
+        for (reg, addr) in [(0x080, 0x1008), (0x090, 0x2001), (0x0a0, 0x3002)] {
+            let (mut t, probe) = setup();
+            drive(&mut t, F_VERSION_1, 8);
+            w(&mut t, 0x030, 0);
+            w(&mut t, reg, addr);
+            w(&mut t, 0x070, ALL);
+            assert_ne!(
+                r(&mut t, 0x070) & STATUS_NEEDS_RESET,
+                0,
+                "register {reg:#x} = {addr:#x}"
+            );
+            assert_eq!(lock(&probe).activated, None);
+        }
     }
 
     #[test]
