@@ -22,7 +22,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest kernel; its serial console is this terminal (output on stdout, keys from
-    /// stdin). Exits 0 when the guest powers off or resets, 3 if it crashes, 124 on --timeout.
+    /// stdin). Exits 0 when the guest powers off or resets, 3 if it crashes, 124 on --timeout,
+    /// 128+N on signal N, 1 on an error (one line on stderr).
     Boot(BootArgs),
     /// Say what this host's KVM is (hardware or PVM), what gureum uses, and how fast guests run.
     HostCheck {
@@ -54,8 +55,8 @@ pub struct BootArgs {
     /// Guest memory in MiB [default: 128].
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u64>,
-    /// JSON config in Firecracker's --config-file schema (boot-source, machine-config).
-    /// Flags given here override the file.
+    /// JSON config in Firecracker's --config-file schema: boot-source, machine-config, drives,
+    /// network-interfaces, vsock, entropy. Flags given here override the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A virtio-blk disk backed by a raw image: PATH[,ro][,root][,id=ID]. Repeat for more.
@@ -103,8 +104,9 @@ pub enum BenchCommand {
         #[arg(long)]
         no_qemu: bool,
     },
-    /// Device throughput (block MB/s and IOPS) measured with the test guest driving the device,
-    /// against QEMU microvm when it is installed.
+    /// Device throughput measured with the test guest driving the device: block MB/s and IOPS,
+    /// network frames/s, vsock MB/s; against QEMU microvm when it is installed (not for vsock:
+    /// QEMU has only vhost-vsock). The network rows need root and iproute2.
     Devices {
         /// The test guest (guest-kernels/test-guest/build.sh prints its path).
         #[arg(long, value_name = "PATH")]

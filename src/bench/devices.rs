@@ -2,7 +2,8 @@
 //! guest keeps many large requests in flight and touches only headers and rings, so what is
 //! timed (between its "bench: start" and "bench: done" console lines) is the VMM's device path.
 //! With QEMU installed, the same guest and image run under `qemu-system-x86_64 -M microvm`
-//! (userspace virtio on both), interleaved.
+//! (userspace virtio on both), interleaved. Block, network transmit (into a TAP in a namespace
+//! made for the run), and vsock (a host client through gureum's socket; gureum only).
 
 use std::fmt::Write as _;
 use std::io::Write;
