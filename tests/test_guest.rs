@@ -210,15 +210,28 @@ fn timeout_stops_a_hung_guest_with_its_own_exit_code() {
 fn sigterm_stops_the_vm() {
     require_kvm!();
     let kernel = test_guest().to_str().unwrap();
-    let child = spawn(
+    let mut child = spawn(
         &["boot", "--kernel", kernel, "--cmdline", "scenario=hang"],
         None,
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Signal only once the guest runs (gureum handles signals from then on), whatever the load.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("hang: spinning") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "gureum ended before the guest ran:\n{seen}");
+        seen.push_str(&line);
+    }
     // SAFETY: sends a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let out = finish(child, Duration::from_secs(10));
-    assert_eq!(out.code, Some(128 + libc::SIGTERM), "{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(128 + libc::SIGTERM),
+        "{seen}\n{}",
+        out.describe()
+    );
 }
 
 #[test]
