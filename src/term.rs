@@ -1,5 +1,5 @@
-//! Raw mode for an interactive console: keys go to the guest as typed (Ctrl-C included), and
-//! the terminal is restored when gureum exits.
+//! Raw input for an interactive console: keys go to the guest as typed (Ctrl-C included), and
+//! the terminal is restored exactly when gureum exits.
 
 use std::os::fd::RawFd;
 
@@ -21,9 +21,10 @@ impl RawTerminal {
         if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
             return None;
         }
+        // Keys go to the guest as typed (no line editing, no echo, Ctrl-C included); output
+        // processing stays on, so a guest's bare "\n" still starts a new line (as Firecracker).
         let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct it is given.
-        unsafe { libc::cfmakeraw(&mut raw) };
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
         // SAFETY: applies a termios derived from the terminal's own.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return None;
