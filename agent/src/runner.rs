@@ -1,0 +1,158 @@
+//! The agent side: take one [`RunSpec`], run it, and stream everything back.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::{self, Kind, RunSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+    #[error("the host sent {0:?} before a run request")]
+    NoRun(Kind),
+    #[error("bad run request")]
+    BadSpec(#[source] serde_json::Error),
+    #[error("connection")]
+    Io(#[from] io::Error),
+}
+
+type Shared<W> = Arc<Mutex<W>>;
+
+fn send<W: Write>(w: &Shared<W>, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+    protocol::write_frame(&mut *w, kind, payload)
+}
+
+/// Why a spec cannot run, and the exit status a shell would give (127 not found, 126 otherwise).
+fn refuse<W: Write>(w: &Shared<W>, why: &str, status: i32) -> io::Result<()> {
+    send(w, Kind::Error, why.as_bytes())?;
+    send(w, Kind::Exit, &status.to_le_bytes())
+}
+
+fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
+    let program = spec
+        .args
+        .first()
+        .ok_or(("the process has no args".to_string(), 126))?;
+    if !spec.cwd.is_empty() && !Path::new(&spec.cwd).is_dir() {
+        return Err((format!("cwd {} is not a directory", spec.cwd), 126));
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.args[1..])
+        .env_clear()
+        .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !spec.cwd.is_empty() {
+        cmd.current_dir(&spec.cwd);
+    }
+    // SAFETY: getuid/getgid only read this process's credentials.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if spec.gid != gid {
+        cmd.gid(spec.gid);
+    }
+    if spec.uid != uid {
+        cmd.uid(spec.uid);
+    }
+    cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
+        _ => (format!("cannot run {program}: {e}"), 126),
+    })
+}
+
+/// Copy `from` into frames of `kind` until it ends.
+fn pump<W: Write>(mut from: impl Read, kind: Kind, w: Shared<W>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if send(&w, kind, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serve one connection: the first frame must be a run request.
+pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Result<(), Error> {
+    let w: Shared<W> = Arc::new(Mutex::new(writer));
+    let spec = match protocol::read_frame(&mut reader)? {
+        Some((Kind::Run, payload)) => {
+            serde_json::from_slice::<RunSpec>(&payload).map_err(Error::BadSpec)?
+        }
+        Some((kind, _)) => return Err(Error::NoRun(kind)),
+        None => return Ok(()),
+    };
+    let mut child = match spawn(&spec) {
+        Ok(child) => child,
+        Err((why, status)) => return Ok(refuse(&w, &why, status)?),
+    };
+    let pid = child.id();
+    send(&w, Kind::Started, &pid.to_le_bytes())?;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let pumps: Vec<_> = [
+        (
+            out.map(|o| Box::new(o) as Box<dyn Read + Send>),
+            Kind::Stdout,
+        ),
+        (
+            err.map(|e| Box::new(e) as Box<dyn Read + Send>),
+            Kind::Stderr,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(r, kind)| r.map(|r| (r, kind)))
+    .map(|(r, kind)| {
+        let w = w.clone();
+        std::thread::spawn(move || pump(r, kind, w))
+    })
+    .collect();
+    let mut stdin = child.stdin.take();
+    let waiter = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            let status = child.wait();
+            for p in pumps {
+                let _ = p.join();
+            }
+            let code = match status {
+                Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                Err(_) => 255,
+            };
+            let _ = send(&w, Kind::Exit, &code.to_le_bytes());
+        })
+    };
+    // Until the host goes away: stdin and signals for the process.
+    while let Some((kind, payload)) = protocol::read_frame(&mut reader)? {
+        match kind {
+            Kind::Stdin => {
+                // A process that closed its stdin just does not get the rest.
+                let failed = stdin
+                    .as_mut()
+                    .is_some_and(|s| s.write_all(&payload).is_err());
+                if failed {
+                    stdin = None;
+                }
+            }
+            Kind::StdinEof => stdin = None,
+            Kind::Signal => {
+                if let (Some(sig), Ok(pid)) = (protocol::int(&payload), libc::pid_t::try_from(pid))
+                {
+                    // SAFETY: signals our own child, which waiter has not reaped while it runs.
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+            _ => {}
+        }
+    }
+    drop(stdin);
+    let _ = waiter.join();
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The agent's logic natively: the agent is PID 1 of fresh namespaces (pid, mount, uts, ipc)
+//! and the test is its host, over a Unix socket. Exit codes, a missing executable, stdio
+//! (binary, 10 MB, stderr apart), process settings and signals.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use gureum_agent::client::{self, Ended};
+use gureum_agent::protocol::RunSpec;
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// An agent as PID 1 of new namespaces, listening on a fresh socket.
+    fn start() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket =
+            std::env::temp_dir().join(format!("gureum-agent-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--"])
+            .arg(env!("CARGO_BIN_EXE_gureum-agent"))
+            .arg("--listen")
+            .arg(&socket)
+            .spawn()
+            .expect("unshare (util-linux)");
+        Self { child, socket }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let start = Instant::now();
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => return s,
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("connect to the agent: {e}"),
+            }
+        }
+    }
+
+    /// Run `spec` with `stdin`; returns how it ended, stdout and stderr.
+    fn run(self, spec: RunSpec, stdin: Vec<u8>) -> (Ended, Vec<u8>, Vec<u8>) {
+        let conn = self.connect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let ended = client::run(
+            conn.try_clone().unwrap(),
+            conn,
+            &spec,
+            std::io::Cursor::new(stdin),
+            &mut out,
+            &mut err,
+        )
+        .expect("run");
+        self.finish();
+        (ended, out, err)
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the agent exited {status}");
+    }
+}
+
+fn spec(args: &[&str]) -> RunSpec {
+    RunSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn echo_and_exit_codes() {
+    let (ended, out, _) = Agent::start().run(spec(&["echo", "hello"]), vec![]);
+    assert_eq!((ended.status, out.as_slice()), (0, &b"hello\n"[..]));
+    for code in [0, 1, 42] {
+        let (ended, _, _) =
+            Agent::start().run(spec(&["sh", "-c", &format!("exit {code}")]), vec![]);
+        assert_eq!(
+            ended,
+            Ended {
+                status: code,
+                error: None
+            }
+        );
+    }
+}
+
+#[test]
+fn the_agent_is_pid_1_of_its_namespace() {
+    // The process the agent starts is the second process of the new pid namespace.
+    let (ended, out, _) = Agent::start().run(spec(&["sh", "-c", "echo $$"]), vec![]);
+    assert_eq!(
+        (ended.status, String::from_utf8_lossy(&out).trim()),
+        (0, "2")
+    );
+}
+
+#[test]
+fn a_missing_executable_is_127_with_a_reason() {
+    let (ended, _, _) = Agent::start().run(spec(&["/no/such/program"]), vec![]);
+    assert_eq!(ended.status, 127);
+    assert!(ended.error.unwrap().contains("/no/such/program not found"));
+    let mut no_cwd = spec(&["true"]);
+    no_cwd.cwd = "/no/such/dir".into();
+    let (ended, _, _) = Agent::start().run(no_cwd, vec![]);
+    assert_eq!(ended.status, 126);
+    let (ended, _, _) = Agent::start().run(spec(&[]), vec![]);
+    assert_eq!((ended.status, ended.error.is_some()), (126, true));
+}
+
+#[test]
+fn ten_mb_of_binary_stdin_comes_back_through_cat_and_stderr_stays_apart() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..10 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    let (ended, out, err) = Agent::start().run(spec(&["cat"]), data.clone());
+    assert_eq!(ended.status, 0);
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "cat returned different bytes");
+    assert!(err.is_empty());
+    let (ended, out, err) = Agent::start().run(
+        spec(&["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]),
+        vec![],
+    );
+    assert_eq!(
+        (ended.status, out.as_slice(), err.as_slice()),
+        (3, &b"to-out\n"[..], &b"to-err\n"[..])
+    );
+}
+
+#[test]
+fn env_cwd_and_uid_gid_are_applied() {
+    let mut s = spec(&["sh", "-c", "echo $GREETING; pwd; id -u; id -g"]);
+    s.env.push("GREETING=hi-there".into());
+    s.cwd = "/tmp".into();
+    s.uid = 1000;
+    s.gid = 1001;
+    let (ended, out, _) = Agent::start().run(s, vec![]);
+    assert_eq!(ended.status, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "hi-there\n/tmp\n1000\n1001\n"
+    );
+}
+
+#[test]
+fn sigterm_ends_a_sleeping_process_with_143_within_a_second() {
+    let agent = Agent::start();
+    let conn = agent.connect();
+    let mut signaller = conn.try_clone().unwrap();
+    let start = Instant::now();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        client::signal(&mut signaller, libc::SIGTERM).unwrap();
+    });
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let ended = client::run(
+        conn.try_clone().unwrap(),
+        conn,
+        &spec(&["sleep", "60"]),
+        std::io::empty(),
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    killer.join().unwrap();
+    assert_eq!(ended.status, 128 + libc::SIGTERM);
+    assert!(
+        start.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        start.elapsed()
+    );
+    agent.finish();
+}
+
+#[test]
+fn a_bad_first_frame_is_refused() {
+    let agent = Agent::start();
+    let mut conn = agent.connect();
+    gureum_agent::protocol::write_frame(&mut conn, gureum_agent::protocol::Kind::Stdin, b"x")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    let status = {
+        let mut a = agent;
+        a.child.wait().unwrap()
+    };
+    assert_eq!(status.code(), Some(1), "the agent says why and exits 1");
+}
