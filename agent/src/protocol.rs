@@ -56,6 +56,12 @@ pub struct RunSpec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// A block device holding the container's root filesystem (ext4), mounted and chrooted
+    /// into before the process starts; None runs in the agent's own root.
+    #[serde(default)]
+    pub root: Option<String>,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

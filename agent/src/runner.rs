@@ -38,17 +38,39 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
         .args
         .first()
         .ok_or(("the process has no args".to_string(), 126))?;
-    if !spec.cwd.is_empty() && !Path::new(&spec.cwd).is_dir() {
+    if spec.root.is_none() && !spec.cwd.is_empty() && !Path::new(&spec.cwd).is_dir() {
         return Err((format!("cwd {} is not a directory", spec.cwd), 126));
     }
+    let root = match &spec.root {
+        Some(device) => Some(mount_root(device, spec.readonly).map_err(|why| (why, 126))?),
+        None => None,
+    };
     let mut cmd = Command::new(program);
+    if let Some(root) = root {
+        let root = std::ffi::CString::new(root).map_err(|_| ("bad root path".to_string(), 126))?;
+        let cwd = std::ffi::CString::new(if spec.cwd.is_empty() {
+            "/"
+        } else {
+            spec.cwd.as_str()
+        })
+        .map_err(|_| ("bad cwd".to_string(), 126))?;
+        // SAFETY: chroot and chdir between fork and exec, with strings prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(&spec.args[1..])
         .env_clear()
         .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if !spec.cwd.is_empty() {
+    if spec.root.is_none() && !spec.cwd.is_empty() {
         cmd.current_dir(&spec.cwd);
     }
     // SAFETY: getuid/getgid only read this process's credentials.
@@ -63,6 +85,32 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
         io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
         _ => (format!("cannot run {program}: {e}"), 126),
     })
+}
+
+/// Mount the container's root filesystem from `device` at /run/gureum/rootfs.
+fn mount_root(device: &str, readonly: bool) -> Result<String, String> {
+    let target = "/run/gureum/rootfs";
+    std::fs::create_dir_all(target).map_err(|e| format!("cannot make {target}: {e}"))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("bad path {s:?}"));
+    let (dev, tgt, fstype) = (c(device)?, c(target)?, c("ext4")?);
+    let flags = if readonly { libc::MS_RDONLY } else { 0 };
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            dev.as_ptr(),
+            tgt.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot mount {device} on {target}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(target.to_string())
 }
 
 /// Copy `from` into frames of `kind` until it ends.

@@ -1,0 +1,175 @@
+//! The guest half of the sandbox, proven without hardware KVM: our kernel boots under QEMU's
+//! software emulation with gureum-agent as PID 1, mounts a container root filesystem from a
+//! virtio-blk disk built from a busybox bundle, runs the container's process there, and streams
+//! its output and exit status to the host over a virtio-console port (under gureum the same
+//! agent will use vsock).
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use gureum_agent::client;
+use gureum_agent::protocol::RunSpec;
+
+fn agent_initramfs() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-kernels/agent-initramfs.sh");
+        let out = Command::new("bash").arg(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// A bundle's root filesystem (busybox) as an ext4 image.
+fn rootfs_image(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let image = dir.join("rootfs.ext4");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+/// Boot the agent under TCG, run `spec` in the container; returns (status, stdout, stderr,
+/// time from QEMU's start to the exit status).
+fn run_in_tcg(spec: &RunSpec) -> (i32, Vec<u8>, Vec<u8>, Duration) {
+    let dir = common::scratch("agent-tcg");
+    let image = rootfs_image(&dir);
+    let sock = dir.join("agent.sock");
+    let vmlinux = PathBuf::from(
+        std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into()),
+    )
+    .join("default/vmlinux");
+    let initramfs = agent_initramfs();
+    let start = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,pit=on,pic=on,rtc=on,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinux)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 quiet gureum.agent=port:gureum.agent",
+        ])
+        .args([
+            "-no-reboot",
+            "-nographic",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .args([
+            "-drive",
+            &format!("id=d0,file={},format=raw,if=none", image.display()),
+        ])
+        .args([
+            "-device",
+            "virtio-blk-device,drive=d0",
+            "-device",
+            "virtio-serial-device",
+        ])
+        .args([
+            "-chardev",
+            &format!("socket,id=c0,path={},server=on,wait=off", sock.display()),
+        ])
+        .args(["-device", "virtserialport,chardev=c0,name=gureum.agent"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let conn = loop {
+        match UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                let _ = qemu.kill();
+                panic!("QEMU's agent socket: {e}");
+            }
+        }
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    // The run request waits in QEMU's socket until the agent, once booted, reads it.
+    let ended = client::run(
+        conn.try_clone().unwrap(),
+        conn,
+        spec,
+        std::io::empty(),
+        &mut out,
+        &mut err,
+    );
+    let total = start.elapsed();
+    let console = common::finish(qemu, Duration::from_secs(60));
+    let ended = ended.unwrap_or_else(|e| panic!("{e}\n{}", console.describe()));
+    assert!(
+        console
+            .stdout
+            .contains("gureum-agent: ready on port:gureum.agent"),
+        "{}",
+        console.describe()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    (ended.status, out, err, total)
+}
+
+fn container(args: &[&str]) -> RunSpec {
+    RunSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into(), "GREETING=from-the-bundle".into()],
+        cwd: "/".into(),
+        root: Some("/dev/vda".into()),
+        readonly: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_container_process_runs_in_our_guest_under_tcg() {
+    let spec = container(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo hello $GREETING; /bin/busybox ls /; echo oops >&2; exit 42",
+    ]);
+    let (status, out, err, total) = run_in_tcg(&spec);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 42, "{out}");
+    assert!(out.starts_with("hello from-the-bundle\n"), "{out}");
+    // The process saw the bundle's root filesystem, not the initramfs.
+    assert!(out.contains("bin") && out.contains("lost+found"), "{out}");
+    assert_eq!(err, b"oops\n");
+    eprintln!("TCG: QEMU start to the container's exit status: {total:?}");
+}
