@@ -35,18 +35,7 @@ fn rootfs_image(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     let image = dir.join("rootfs.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ext4_image(&root, &image, "16M");
     image
 }
 
@@ -56,39 +45,13 @@ fn run_in_tcg(spec: &RunSpec) -> (i32, Vec<u8>, Vec<u8>, Duration) {
     let dir = common::scratch("agent-tcg");
     let image = rootfs_image(&dir);
     let sock = dir.join("agent.sock");
-    let vmlinux = PathBuf::from(
-        std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into()),
-    )
-    .join("default/vmlinux");
+    let vmlinux = common::default_guest_file("vmlinux");
     let initramfs = agent_initramfs();
     let start = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm,pit=on,pic=on,rtc=on,acpi=off",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .arg("-kernel")
-        .arg(&vmlinux)
+    let append = "console=ttyS0 reboot=k panic=-1 quiet gureum.agent=port:gureum.agent";
+    let mut qemu = common::qemu_tcg_microvm(&vmlinux, append)
         .arg("-initrd")
         .arg(initramfs)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=k panic=-1 quiet gureum.agent=port:gureum.agent",
-        ])
-        .args([
-            "-no-reboot",
-            "-nographic",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-global", "virtio-mmio.force-legacy=false"])
         .args([
             "-drive",
             &format!("id=d0,file={},format=raw,if=none", image.display()),

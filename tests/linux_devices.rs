@@ -20,13 +20,7 @@ exec /bin/busybox sleep 3600
 "#;
 
 fn vmlinux() -> PathBuf {
-    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
-    let path = PathBuf::from(cache).join("default/vmlinux");
-    assert!(
-        path.exists(),
-        "run guest-kernels/build.sh first (scripts/test.sh does)"
-    );
-    path
+    common::default_guest_file("vmlinux")
 }
 
 /// A 32 MiB ext4 image holding busybox and the init above.
@@ -44,18 +38,7 @@ fn root_image(dir: &Path, init: &str) -> PathBuf {
         .unwrap();
     assert!(chmod.success());
     let image = dir.join("root.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("32M")
-        .output()
-        .expect("mkfs.ext4 (e2fsprogs; scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ext4_image(&root, &image, "32M");
     image
 }
 
@@ -76,8 +59,7 @@ fn synced(token: &str) -> impl Fn(&str) -> bool + '_ {
 #[test]
 fn ext4_root_write_sync_survives_sigkill_under_gureum() {
     require_kvm!();
-    let check = common::gureum(&["host-check", "--json"]);
-    if check.stdout.contains("\"kind\": \"pvm\"") {
+    if common::host_is_pvm() {
         eprintln!(
             "not run: this host's KVM is PVM, where a Linux guest's userspace cannot run; the guest half runs under TCG in ext4_root_under_tcg"
         );
@@ -111,32 +93,9 @@ fn ext4_root_under_tcg() {
     let dir = common::scratch("linux-ext4-tcg");
     let image = root_image(&dir, INIT);
     let token = common::token();
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-M",
-        "microvm,pit=on,pic=on,rtc=on,acpi=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-    ]);
-    qemu.arg("-kernel").arg(vmlinux());
-    qemu.args([
-        "-append",
-        &format!(
-            "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init gureum.token={token}"
-        ),
-    ]);
-    qemu.args([
-        "-no-reboot",
-        "-nographic",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ]);
-    qemu.args(["-global", "virtio-mmio.force-legacy=false"]);
+    let append =
+        format!("console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init gureum.token={token}");
+    let mut qemu = common::qemu_tcg_microvm(&vmlinux(), &append);
     qemu.args([
         "-drive",
         &format!("id=d0,file={},format=raw,if=none", image.display()),
@@ -177,15 +136,7 @@ fn host_side(
 ) -> std::thread::JoinHandle<(String, usize)> {
     use std::io::{Read, Write};
     let file = dir.join("payload");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..mb << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect();
+    let data = common::pseudo_random(7, mb << 20);
     std::fs::write(&file, &data).unwrap();
     let out = Command::new("sha256sum").arg(&file).output().unwrap();
     let sum = String::from_utf8_lossy(&out.stdout)
@@ -218,8 +169,7 @@ fn host_side(
 #[test]
 fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
     require_kvm!();
-    let check = common::gureum(&["host-check", "--json"]);
-    if check.stdout.contains("\"kind\": \"pvm\"") {
+    if common::host_is_pvm() {
         eprintln!(
             "not run: this host's KVM is PVM, where a Linux guest's userspace cannot run; the guest half runs under TCG in tcp_over_a_tap_under_tcg"
         );
@@ -277,26 +227,10 @@ fn tcp_over_a_tap_under_tcg() {
     let mb = 4;
     let host = host_side(&ns, mb, &dir);
     let mut qemu = ns.command("qemu-system-x86_64");
-    qemu.args([
-        "-M",
-        "microvm,pit=on,pic=on,rtc=on,acpi=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-    ]);
-    qemu.arg("-kernel").arg(vmlinux());
-    qemu.args(["-append", &format!("console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init {IP_CMDLINE} gureum.mb={mb}")]);
-    qemu.args([
-        "-no-reboot",
-        "-nographic",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ]);
-    qemu.args(["-global", "virtio-mmio.force-legacy=false"]);
+    let append = format!(
+        "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init {IP_CMDLINE} gureum.mb={mb}"
+    );
+    common::tcg_microvm_args(&mut qemu, &vmlinux(), &append);
     qemu.args([
         "-drive",
         &format!("id=d0,file={},format=raw,if=none", image.display()),

@@ -10,27 +10,8 @@ use std::path::PathBuf;
 use common::gureum;
 
 fn default_guest() -> (PathBuf, PathBuf, PathBuf) {
-    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
-    let dir = PathBuf::from(cache).join("default");
-    let files = (
-        dir.join("vmlinux"),
-        dir.join("bzImage"),
-        dir.join("initramfs.cpio"),
-    );
-    for f in [&files.0, &files.1, &files.2] {
-        assert!(
-            f.exists(),
-            "{} is missing: run guest-kernels/build.sh (scripts/test.sh does)",
-            f.display()
-        );
-    }
-    files
-}
-
-fn host_is_pvm() -> bool {
-    let out = gureum(&["host-check", "--json"]);
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    out.stdout.contains("\"kind\": \"pvm\"")
+    let f = common::default_guest_file;
+    (f("vmlinux"), f("bzImage"), f("initramfs.cpio"))
 }
 
 fn boot_linux(kernel: &str, initrd: &str, vcpus: u8) {
@@ -53,7 +34,7 @@ fn boot_linux(kernel: &str, initrd: &str, vcpus: u8) {
         "60",
         "--phases",
     ];
-    if host_is_pvm() {
+    if common::host_is_pvm() {
         let out = gureum(&args);
         assert_eq!(out.code, Some(1), "{}", out.describe());
         assert!(
@@ -164,7 +145,7 @@ fn linux_reads_the_command_line_e820_mp_table_and_initrd() {
 #[test]
 fn the_hardware_suite_refuses_a_pvm_host_at_once() {
     require_kvm!();
-    if !host_is_pvm() {
+    if !common::host_is_pvm() {
         eprintln!(
             "not run: on a hardware-KVM host the suite itself is what to run (scripts/hardware-suite.sh)"
         );

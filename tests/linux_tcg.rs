@@ -9,12 +9,9 @@ use std::time::Duration;
 
 #[test]
 fn our_kernel_and_initramfs_reach_the_init_under_tcg() {
-    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
-    let dir = std::path::PathBuf::from(cache).join("default");
-    let (bzimage, initrd) = (dir.join("bzImage"), dir.join("initramfs.cpio"));
-    assert!(
-        bzimage.exists() && initrd.exists(),
-        "run guest-kernels/build.sh first (scripts/test.sh does)"
+    let (bzimage, initrd) = (
+        common::default_guest_file("bzImage"),
+        common::default_guest_file("initramfs.cpio"),
     );
     let token = common::token();
     let append = format!("console=ttyS0 reboot=k panic=-1 gureum.shell=0 gureum.token={token}");

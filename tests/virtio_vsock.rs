@@ -18,19 +18,6 @@ fn checksum(data: &[u8]) -> u64 {
     })
 }
 
-/// Deterministic bytes for stream `n`.
-fn payload(n: u64, len: usize) -> Vec<u8> {
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
-
 fn connect(uds: &Path, port: u32) -> UnixStream {
     let start = Instant::now();
     let mut s = loop {
@@ -90,7 +77,7 @@ fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
         .map(|n| {
             let uds = uds.clone();
             std::thread::spawn(move || {
-                let data = payload(n, per_stream);
+                let data = common::pseudo_random(n, per_stream);
                 let sent = checksum(&data);
                 let got = echo(connect(&uds, 5000), data);
                 (sent, checksum(&got), got.len())

@@ -332,3 +332,83 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A file of the default guest built by guest-kernels/build.sh (vmlinux, bzImage,
+/// initramfs.cpio); fails with the way to build it if it is missing.
+pub fn default_guest_file(name: &str) -> PathBuf {
+    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
+    let path = PathBuf::from(cache).join("default").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run guest-kernels/build.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Whether this host's KVM is PVM, where a Linux guest's userspace cannot run.
+pub fn host_is_pvm() -> bool {
+    let out = gureum(&["host-check", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    out.stdout.contains("\"kind\": \"pvm\"")
+}
+
+/// QEMU microvm under software emulation (TCG) booting `kernel`, console on stdout, modern
+/// virtio-mmio devices which QEMU announces on the command line itself (acpi=off).
+pub fn qemu_tcg_microvm(kernel: &Path, append: &str) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    tcg_microvm_args(&mut qemu, kernel, append);
+    qemu
+}
+
+/// The arguments of [`qemu_tcg_microvm`], for a QEMU started another way (in a namespace).
+pub fn tcg_microvm_args(qemu: &mut Command, kernel: &Path, append: &str) {
+    qemu.args([
+        "-M",
+        "microvm,pit=on,pic=on,rtc=on,acpi=off",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "256",
+    ]);
+    qemu.arg("-kernel").arg(kernel).args(["-append", append]);
+    qemu.args([
+        "-no-reboot",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
+    qemu.args(["-global", "virtio-mmio.force-legacy=false"]);
+}
+
+/// An ext4 image of `size` (mkfs.ext4 syntax) holding the tree at `root`.
+pub fn ext4_image(root: &Path, image: &Path, size: &str) {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(root)
+        .arg(image)
+        .arg(size)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs; scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift) for `seed`.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
