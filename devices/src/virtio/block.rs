@@ -44,6 +44,9 @@ pub struct Disk {
     read_only: bool,
     sectors: u64,
     id: [u8; ID_LEN],
+    /// One bounce buffer for every request (allocated once: at 256 KiB a fresh one per request
+    /// would be an mmap and munmap each time). Uncontended: one device serves one disk.
+    scratch: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Disk {
@@ -58,6 +61,7 @@ impl Disk {
             read_only,
             sectors,
             id: id_bytes,
+            scratch: std::sync::Mutex::new(vec![0u8; CHUNK]),
         })
     }
 
@@ -72,7 +76,7 @@ impl Disk {
         let mut offset = self
             .range(sector, out.available_bytes() as u64)
             .ok_or(S_IOERR)?;
-        let mut buf = vec![0u8; out.available_bytes().min(CHUNK)];
+        let mut buf = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         while out.available_bytes() > 0 {
             let n = out.available_bytes().min(buf.len());
             self.file
@@ -91,7 +95,7 @@ impl Disk {
         let mut offset = self
             .range(sector, input.available_bytes() as u64)
             .ok_or(S_IOERR)?;
-        let mut buf = vec![0u8; input.available_bytes().min(CHUNK)];
+        let mut buf = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         while input.available_bytes() > 0 {
             let n = input.available_bytes().min(buf.len());
             input.read_exact(&mut buf[..n]).map_err(|_| S_IOERR)?;
