@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs and builds everything gureum's demo and tests need, idempotently:
 # Debian packages, gureum itself (release), the default guest kernel + initramfs (cached under
-# /var/cache/gureum by config hash), and the test guest. Safe to run again: it only does what
-# is missing or changed. Run as root on Debian 12.
+# /var/cache/gureum by config hash), the guest agent's initramfs, and the test guest.
+# Safe to run again: it only does what is missing or changed. Run as root on Debian 12.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -10,7 +10,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # shellcheck source=lib.sh
 . "$root/scripts/lib.sh"
-ensure_packages build-essential qemu-system-x86 util-linux iproute2 e2fsprogs
+ensure_packages build-essential qemu-system-x86 util-linux iproute2 e2fsprogs busybox-static
 
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
@@ -24,6 +24,8 @@ log "building gureum (release)"
 cargo build --release --quiet
 log "building the default guest (kernel + initramfs)"
 guest-kernels/build.sh >/dev/null
+log "building the guest agent and its initramfs (microVM containers)"
+guest-kernels/agent-initramfs.sh >/dev/null
 log "building the test guest"
 guest-kernels/test-guest/build.sh 2>/dev/null >/dev/null
 log "ready: target/release/gureum"

@@ -8,15 +8,52 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "gureum",
     version,
-    about = "A KVM microVM monitor: boot Linux guests in lightweight VMs",
+    about = "A KVM microVM monitor: boot Linux guests in lightweight VMs, run containers natively or sandboxed",
     long_about = "gureum boots guest kernels in KVM microVMs with a serial console on your \
                   terminal.\n\nStart with `gureum host-check` to see what this host's KVM can do, \
                   then `gureum boot` (with no arguments it boots the default guest built by \
-                  guest-kernels/build.sh)."
+                  guest-kernels/build.sh).\n\nContainers: `gureum run --bundle DIR ID` runs an \
+                  OCI bundle, in its own microVM or (--isolation native) with namespaces and \
+                  cgroups; create/start/state/kill/delete/list/exec work as runc's do."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Where container state lives (one directory per container).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/run/gureum")]
+    pub root: PathBuf,
+    /// How containers are isolated: in their own microVM (the default) or natively with
+    /// namespaces and cgroups. Overrides the config.json annotation gureum.isolation.
+    #[arg(long, global = true, value_enum)]
+    pub isolation: Option<crate::container::bundle::Isolation>,
+    /// Also append errors to this file (runc compatibility, for containerd's shim).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Format of --log: text or json (runc compatibility).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Accepted for runc compatibility; gureum manages cgroupfs directly.
+    #[arg(long, global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true)]
+    pub debug: bool,
+}
+
+/// What `create` and `run` take.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// The OCI bundle: a directory with config.json and the rootfs it names.
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's pid (its init natively, its VM monitor in a microVM) here.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A Unix socket that receives the pty master (process.terminal), as runc sends it.
+    #[arg(long, value_name = "SOCKET")]
+    pub console_socket: Option<PathBuf>,
+    /// The container's ID: letters, digits, '_', '-', '.', '+'.
+    pub id: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +71,79 @@ pub enum Command {
     /// Benchmarks that print numbers, never pass/fail.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a container from an OCI bundle and wait for it: its stdio is this process's, gureum
+    /// exits with its status (128+N for signal N), SIGINT/SIGTERM reach it. create + start +
+    /// wait + delete.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Give the process a terminal (as process.terminal: true).
+        #[arg(short, long)]
+        tty: bool,
+    },
+    /// Create a container: set up and waiting for `start` (runc's create).
+    Create(CreateArgs),
+    /// Start a created container's process.
+    Start { id: String },
+    /// Print a container's state as OCI runtime-spec JSON.
+    State { id: String },
+    /// Send a signal (name or number, default SIGTERM) to a container's process.
+    Kill {
+        /// Signal every process of the container (native isolation).
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a stopped or created container: its processes, cgroups and state.
+    Delete {
+        /// Kill it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    #[command(alias = "ps")]
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only the IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Run another process in a running container; exits with its status.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// NAME=VALUE to add to the container's environment. Repeatable.
+    #[arg(short, long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Write the process's pid here.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A JSON file with an OCI process (runc exec --process); its args replace COMMAND.
+    #[arg(short, long, value_name = "FILE")]
+    pub process: Option<PathBuf>,
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@ mod arch;
 mod bench;
 mod cli;
 mod config;
+mod container;
 mod event_loop;
 mod host_check;
 mod loader;
@@ -35,6 +36,12 @@ enum Error {
     HostCheck(#[from] host_check::Error),
     #[error(transparent)]
     Bench(#[from] bench::Error),
+    #[error(transparent)]
+    Container(#[from] container::Error),
+    #[error("cannot read the process file {0}")]
+    ProcessFile(PathBuf, #[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("unknown --format {0:?} (table or json)")]
+    Format(String),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -67,17 +74,119 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
-    let code = match run(cli.command, start) {
+    let log = cli.log.clone();
+    let json_log = cli.log_format == "json";
+    let code = match run(cli, start) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gureum: {}", chain(&e));
-            1
+            let line = chain(&e);
+            eprintln!("gureum: {line}");
+            if let Some(path) = log {
+                log_error(&path, &line, json_log);
+            }
+            match e {
+                Error::Container(c) => c.exit_code(),
+                _ => 1,
+            }
         }
     };
     std::process::exit(code);
 }
 
-fn run(command: Command, start: Instant) -> Result<i32, Error> {
+/// Appends an error to --log, as text or as runc's JSON lines (containerd reads the last one).
+fn log_error(path: &std::path::Path, line: &str, json: bool) {
+    use std::io::Write;
+    let text = if json {
+        serde_json::json!({"level": "error", "msg": line, "time": container::state::now_rfc3339()})
+            .to_string()
+    } else {
+        line.to_string()
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{text}");
+    }
+}
+
+fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
+    let g = container::Global {
+        root: cli.root,
+        isolation: cli.isolation,
+    };
+    match cli.command {
+        Command::Run { create, tty } => {
+            let opts = create_options(&create, tty);
+            Ok(container::run(&g, &create.id, &create.bundle, &opts)?)
+        }
+        Command::Create(create) => {
+            container::create(
+                &g,
+                &create.id,
+                &create.bundle,
+                &create_options(&create, false),
+            )?;
+            Ok(0)
+        }
+        Command::Start { id } => Ok(container::start(&g, &id).map(|()| 0)?),
+        Command::State { id } => {
+            println!("{}", container::state(&g, &id)?);
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            Ok(container::kill(&g, &id, &signal, all).map(|()| 0)?)
+        }
+        Command::Delete { force, id } => Ok(container::delete(&g, &id, force).map(|()| 0)?),
+        Command::List { format, quiet } => {
+            match (format.as_str(), quiet) {
+                (_, true) => container::ids(&g).iter().for_each(|id| println!("{id}")),
+                ("json", _) => println!("{}", container::list(&g, true)),
+                ("table", _) => println!("{}", container::list(&g, false)),
+                _ => return Err(Error::Format(format)),
+            }
+            Ok(0)
+        }
+        Command::Exec(args) => exec(&g, args),
+        command => machine(command, start),
+    }
+}
+
+fn create_options(args: &cli::CreateArgs, tty: bool) -> container::CreateOptions {
+    container::CreateOptions {
+        pid_file: args.pid_file.clone(),
+        console_socket: args.console_socket.clone(),
+        tty,
+    }
+}
+
+fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
+    let mut opts = container::ExecOptions {
+        args: args.command,
+        env: args.env,
+        cwd: args.cwd,
+        user: args.user,
+        tty: args.tty,
+        detach: args.detach,
+        pid_file: args.pid_file,
+    };
+    if let Some(path) = &args.process {
+        let text = std::fs::read(path).map_err(|e| Error::ProcessFile(path.clone(), e.into()))?;
+        let p: oci_spec::runtime::Process = serde_json::from_slice(&text)
+            .map_err(|e| Error::ProcessFile(path.clone(), e.into()))?;
+        let p = container::bundle::process_settings(&p).map_err(|e| Error::Container(e.into()))?;
+        opts.args = p.args;
+        opts.env.extend(p.env);
+        opts.cwd = Some(p.cwd);
+        opts.user = Some(format!("{}:{}", p.uid, p.gid));
+        opts.tty |= p.terminal;
+    }
+    Ok(container::exec(g, &args.id, &opts)?)
+}
+
+/// The VM-level commands: boot, host-check, bench.
+fn machine(command: Command, start: Instant) -> Result<i32, Error> {
     match command {
         Command::Boot(args) => boot(&args, start),
         Command::HostCheck { json } => {
@@ -109,6 +218,7 @@ fn run(command: Command, start: Instant) -> Result<i32, Error> {
             println!("{}", bench::devices::run(&kernel, runs, !no_qemu)?);
             Ok(0)
         }
+        _ => unreachable!("container commands are handled in run"),
     }
 }
 

@@ -25,7 +25,7 @@ pub struct Ended {
 /// Run `spec` over a connection (`reader` and `writer` are its two halves). `stdin` is fed from
 /// a thread; output goes to `stdout` and `stderr` as it comes.
 pub fn run<R: Read, W: Write + Send + 'static>(
-    mut reader: R,
+    reader: R,
     writer: W,
     spec: &RunSpec,
     stdin: impl Read + Send + 'static,
@@ -33,6 +33,21 @@ pub fn run<R: Read, W: Write + Send + 'static>(
     stderr: &mut impl Write,
 ) -> Result<Ended, Error> {
     let writer = std::sync::Arc::new(std::sync::Mutex::new(writer));
+    run_shared(reader, &writer, spec, stdin, stdout, stderr)
+}
+
+/// A connection's writing half, shared so that [`signal`] frames can go in between.
+pub type Shared<W> = std::sync::Arc<std::sync::Mutex<W>>;
+
+/// As [`run`], with the writer shared with whoever sends signals meanwhile.
+pub fn run_shared<R: Read, W: Write + Send + 'static>(
+    mut reader: R,
+    writer: &Shared<W>,
+    spec: &RunSpec,
+    stdin: impl Read + Send + 'static,
+    stdout: &mut impl Write,
+    stderr: &mut impl Write,
+) -> Result<Ended, Error> {
     {
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         protocol::write_frame(
@@ -75,6 +90,7 @@ pub fn run<R: Read, W: Write + Send + 'static>(
 }
 
 /// Send signal `sig` to the running process.
-pub fn signal(writer: &mut impl Write, sig: i32) -> std::io::Result<()> {
-    protocol::write_frame(writer, Kind::Signal, &sig.to_le_bytes())
+pub fn signal<W: Write>(writer: &Shared<W>, sig: i32) -> std::io::Result<()> {
+    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+    protocol::write_frame(&mut *w, Kind::Signal, &sig.to_le_bytes())
 }

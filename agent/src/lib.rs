@@ -3,5 +3,8 @@
 //! microVM (PID 1 of the guest, over vsock) and native tests (over a Unix socket).
 
 pub mod client;
+pub mod limits;
+#[cfg(feature = "oci")]
+pub mod oci;
 pub mod protocol;
 pub mod runner;

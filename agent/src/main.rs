@@ -1,9 +1,11 @@
 //! `gureum-agent --listen PATH`: serve one run request on a Unix socket (native mode, tests).
 //! As a guest's /init (PID 1) it mounts /proc, /sys and /dev, serves one run request on the
 //! transport named by `gureum.agent=` on the kernel command line (`port:NAME`, the
-//! virtio-console port the host named NAME), and restarts the VM when it is done (with
-//! `reboot=k`, the VMM exits).
+//! virtio-console port the host named NAME; `vsock:PORT`, a vsock listener whose first
+//! connection runs the container's process and later ones `exec` sessions), and restarts the
+//! VM when the container's process is done (with `reboot=k`, the VMM exits).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 
 fn main() {
@@ -79,8 +81,14 @@ fn init() -> Result<(), String> {
             let writer = port.try_clone().map_err(|e| format!("{path}: {e}"))?;
             gureum_agent::runner::serve(port, writer).map_err(|e| e.to_string())
         }
+        Some(("vsock", port)) => {
+            let port = port
+                .parse()
+                .map_err(|_| format!("bad vsock port {port:?}"))?;
+            serve_vsock(port)
+        }
         _ => Err(format!(
-            "unknown transport {transport:?} (expected port:NAME)"
+            "unknown transport {transport:?} (expected port:NAME or vsock:PORT)"
         )),
     }
 }
@@ -102,4 +110,65 @@ fn find_port(name: &str) -> Result<String, String> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Err(format!("no virtio-console port named {name} appeared"))
+}
+
+/// Listens on vsock `port`: the first connection is the container's process, and the VM ends
+/// with it; every later one (an exec session) is served on its own thread meanwhile.
+fn serve_vsock(port: u32) -> Result<(), String> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("vsock socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_vm is valid; the fields are set below.
+    let mut addr = unsafe { std::mem::zeroed::<libc::sockaddr_vm>() };
+    addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or_default();
+    // SAFETY: bind and listen on our socket with a valid address of the given length.
+    let rc = unsafe {
+        if libc::bind(fd, (&raw const addr).cast(), len) != 0 {
+            -1
+        } else {
+            libc::listen(fd, 16)
+        }
+    };
+    if rc != 0 {
+        return Err(format!(
+            "vsock port {port}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let first = accept(&listener)?;
+    std::thread::spawn(move || {
+        while let Ok(conn) = accept(&listener) {
+            std::thread::spawn(move || serve_file(conn));
+        }
+    });
+    serve_file(first)
+}
+
+fn accept(listener: &OwnedFd) -> Result<std::fs::File, String> {
+    // SAFETY: accept4 on our listening socket; no peer address wanted.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("vsock accept: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn serve_file(conn: std::fs::File) -> Result<(), String> {
+    let writer = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
+    gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string())
 }

@@ -62,6 +62,19 @@ pub struct RunSpec {
     pub root: Option<String>,
     #[serde(default)]
     pub readonly: bool,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// (resource as the OCI spec names it, e.g. RLIMIT_NOFILE; soft; hard)
+    #[serde(default)]
+    pub rlimits: Vec<(String, u64, u64)>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// The process gets a terminal (natively a pty; in a VM, not yet: stdio is piped).
+    #[serde(default)]
+    pub terminal: bool,
+    /// The hostname to set (the whole guest is the container's, so the agent sets it).
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

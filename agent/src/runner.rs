@@ -45,6 +45,13 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
         Some(device) => Some(mount_root(device, spec.readonly).map_err(|why| (why, 126))?),
         None => None,
     };
+    if let Some(name) = &spec.hostname {
+        // SAFETY: sethostname reads name.len() bytes from a live string.
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err((format!("cannot set hostname {name:?}: {e}"), 126));
+        }
+    }
     let mut cmd = Command::new(program);
     if let Some(root) = root {
         let root = std::ffi::CString::new(root).map_err(|_| ("bad root path".to_string(), 126))?;
@@ -64,6 +71,23 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
             });
         }
     }
+    let (rlimits, nnp) = (spec.rlimits.clone(), spec.no_new_privileges);
+    let (uid, gid, groups) = (spec.uid, spec.gid, spec.additional_gids.clone());
+    // SAFETY: limits and credentials between fork and exec, on data prepared before the fork
+    // (in this order: raising limits and setting groups need the agent's privileges).
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::limits::apply(&rlimits).map_err(io::Error::other)?;
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+                || (nnp && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.args(&spec.args[1..])
         .env_clear()
         .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
@@ -73,44 +97,79 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     if spec.root.is_none() && !spec.cwd.is_empty() {
         cmd.current_dir(&spec.cwd);
     }
-    // SAFETY: getuid/getgid only read this process's credentials.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    if spec.gid != gid {
-        cmd.gid(spec.gid);
-    }
-    if spec.uid != uid {
-        cmd.uid(spec.uid);
-    }
     cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
         _ => (format!("cannot run {program}: {e}"), 126),
     })
 }
 
-/// Mount the container's root filesystem from `device` at /run/gureum/rootfs.
+/// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later
+/// requests (exec sessions) share it. Writable through an overlay on a tmpfs unless
+/// `readonly`, so the disk itself (a cached image, attached read-only) never changes.
 fn mount_root(device: &str, readonly: bool) -> Result<String, String> {
-    let target = "/run/gureum/rootfs";
-    std::fs::create_dir_all(target).map_err(|e| format!("cannot make {target}: {e}"))?;
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("bad path {s:?}"));
-    let (dev, tgt, fstype) = (c(device)?, c(target)?, c("ext4")?);
-    let flags = if readonly { libc::MS_RDONLY } else { 0 };
-    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            dev.as_ptr(),
-            tgt.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
+    static ROOT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| mount_root_once(device, readonly))
+        .clone()
+}
+
+fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
+    // The guest's /run is a tmpfs; natively (tests) GUREUM_AGENT_BASE names a scratch directory.
+    let base = std::env::var("GUREUM_AGENT_BASE").unwrap_or_else(|_| "/run/gureum".into());
+    let target = format!("{base}/rootfs");
+    let lower = if readonly {
+        target.clone()
+    } else {
+        format!("{base}/lower")
     };
+    mount(device, &lower, "ext4", libc::MS_RDONLY, "")?;
+    if !readonly {
+        let rw = format!("{base}/rw");
+        mount("tmpfs", &rw, "tmpfs", 0, "mode=0755")?;
+        for d in ["upper", "work"] {
+            let d = format!("{rw}/{d}");
+            std::fs::create_dir_all(&d).map_err(|e| format!("cannot make {d}: {e}"))?;
+        }
+        let data = format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work");
+        mount("overlay", &target, "overlay", 0, &data)?;
+    }
+    // What a container expects to find; a rootfs without the directory goes without.
+    for (source, dir, fstype) in [
+        ("proc", "proc", "proc"),
+        ("devtmpfs", "dev", "devtmpfs"),
+        ("sysfs", "sys", "sysfs"),
+    ] {
+        let path = format!("{target}/{dir}");
+        if std::path::Path::new(&path).is_dir() {
+            mount(source, &path, fstype, 0, "")?;
+        }
+    }
+    Ok(target)
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("cannot make {target}: {e}"))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("bad mount argument {s:?}"));
+    let (src, tgt, fs, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
+    let data_ptr = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        dat.as_ptr().cast()
+    };
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), flags, data_ptr) };
     if rc != 0 {
         return Err(format!(
-            "cannot mount {device} on {target}: {}",
+            "cannot mount {source} on {target}: {}",
             io::Error::last_os_error()
         ));
     }
-    Ok(target.to_string())
+    Ok(())
 }
 
 /// Copy `from` into frames of `kind` until it ends.

@@ -19,13 +19,31 @@ struct Agent {
 impl Agent {
     /// An agent as PID 1 of new namespaces, listening on a fresh socket.
     fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// As `start`, with the agent's mount base (where it mounts a container root) set.
+    fn start_in(base: Option<&std::path::Path>) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let socket =
             std::env::temp_dir().join(format!("gureum-agent-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
-        let child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--"])
+        let mut cmd = Command::new("unshare");
+        if let Some(base) = base {
+            cmd.env("GUREUM_AGENT_BASE", base);
+        }
+        let child = cmd
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--uts",
+                "--ipc",
+                "--propagation",
+                "private",
+                "--",
+            ])
             .arg(env!("CARGO_BIN_EXE_gureum-agent"))
             .arg("--listen")
             .arg(&socket)
@@ -164,16 +182,17 @@ fn env_cwd_and_uid_gid_are_applied() {
 fn sigterm_ends_a_sleeping_process_with_143_within_a_second() {
     let agent = Agent::start();
     let conn = agent.connect();
-    let mut signaller = conn.try_clone().unwrap();
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(conn.try_clone().unwrap()));
+    let signaller = writer.clone();
     let start = Instant::now();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        client::signal(&mut signaller, libc::SIGTERM).unwrap();
+        client::signal(&signaller, libc::SIGTERM).unwrap();
     });
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let ended = client::run(
-        conn.try_clone().unwrap(),
+    let ended = client::run_shared(
         conn,
+        &writer,
         &spec(&["sleep", "60"]),
         std::io::empty(),
         &mut out,
@@ -181,6 +200,8 @@ fn sigterm_ends_a_sleeping_process_with_143_within_a_second() {
     )
     .unwrap();
     killer.join().unwrap();
+    // The agent's connection ends when the last handle on it goes.
+    drop(writer);
     assert_eq!(ended.status, 128 + libc::SIGTERM);
     assert!(
         start.elapsed() < Duration::from_millis(1300),
@@ -203,4 +224,79 @@ fn a_bad_first_frame_is_refused() {
         a.child.wait().unwrap()
     };
     assert_eq!(status.code(), Some(1), "the agent says why and exits 1");
+}
+
+/// A loop device over `image` (read-only), detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &std::path::Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(image)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_container_root_is_mounted_from_a_disk_writable_through_an_overlay() {
+    let dir = std::env::temp_dir().join(format!("gureum-agent-root-{}", std::process::id()));
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
+    std::fs::write(tree.join("hello"), "from the disk\n").unwrap();
+    let image = dir.join("root.ext4");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(mkfs.status.success());
+    let before = std::fs::read(&image).unwrap();
+    let script = "busybox cat /hello; echo new > /written && busybox cat /written";
+    for readonly in [false, true] {
+        let disk = Loop::attach(&image);
+        let base = dir.join(format!("base-{readonly}"));
+        let mut s = spec(&["/bin/busybox", "sh", "-c", script]);
+        s.root = Some(disk.0.clone());
+        s.readonly = readonly;
+        let (ended, out, err) = Agent::start_in(Some(&base)).run(s, vec![]);
+        let out = String::from_utf8_lossy(&out);
+        if readonly {
+            assert_ne!(
+                ended.status, 0,
+                "a write to a read-only root succeeded: {out}"
+            );
+            assert!(
+                String::from_utf8_lossy(&err).contains("Read-only"),
+                "{err:?}"
+            );
+        } else {
+            assert_eq!(
+                (ended.status, out.as_ref()),
+                (0, "from the disk\nnew\n"),
+                "{err:?}"
+            );
+        }
+    }
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the disk image changed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

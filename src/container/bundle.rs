@@ -1,0 +1,244 @@
+//! An OCI runtime bundle: config.json (parsed with oci-spec) and its rootfs, validated, and
+//! turned into the plain settings the native runtime and the guest agent apply.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no config.json in bundle {0}")]
+    NoConfig(PathBuf),
+    #[error("invalid {0}")]
+    BadConfig(PathBuf, #[source] oci_spec::OciSpecError),
+    #[error("unsupported ociVersion {0:?} (gureum runs runtime-spec 1.x)")]
+    Version(String),
+    #[error("config.json has no process to run (process.args is empty)")]
+    NoArgs,
+    #[error(transparent)]
+    Process(gureum_agent::oci::Error),
+    #[error("the rootfs {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error("annotation gureum.isolation must be vm or native, not {0:?}")]
+    BadIsolation(String),
+}
+
+/// Where a container runs: in its own microVM or in namespaces on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Vm,
+    Native,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Vm => "vm",
+            Isolation::Native => "native",
+        }
+    }
+}
+
+/// The process settings gureum applies, natively or through the guest agent.
+pub use gureum_agent::protocol::RunSpec as Process;
+
+/// Cgroup limits from `linux.resources`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: Option<i64>,
+    pub cpu_quota_us: Option<i64>,
+    pub cpu_period_us: Option<u64>,
+    pub pids: Option<i64>,
+}
+
+/// A bundle ready to run.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub readonly_root: bool,
+    pub hostname: Option<String>,
+    pub process: Process,
+    pub resources: Resources,
+    pub annotations: HashMap<String, String>,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Reads and validates `DIR/config.json`; `dir` is made absolute.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(Error::NoConfig(dir));
+        }
+        let spec = Spec::load(&path).map_err(|e| Error::BadConfig(path, e))?;
+        Self::from_spec(dir, spec)
+    }
+
+    pub fn from_spec(dir: PathBuf, spec: Spec) -> Result<Self, Error> {
+        let version = spec.version();
+        if !version.starts_with("1.") {
+            return Err(Error::Version(version.clone()));
+        }
+        let mut process = spec
+            .process()
+            .as_ref()
+            .map(process_settings)
+            .transpose()?
+            .ok_or(Error::NoArgs)?;
+        process.hostname.clone_from(spec.hostname());
+        let root = spec.root().as_ref();
+        let rootfs = root.map_or_else(|| PathBuf::from("rootfs"), |r| r.path().clone());
+        let rootfs = dir.join(rootfs);
+        if !rootfs.is_dir() {
+            return Err(Error::NoRootfs(rootfs));
+        }
+        process.readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
+        Ok(Self {
+            readonly_root: process.readonly,
+            hostname: spec.hostname().clone(),
+            resources: resources(&spec),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            process,
+            rootfs,
+            dir,
+            spec,
+        })
+    }
+
+    /// The annotation `gureum.isolation`, if present.
+    pub fn isolation(&self) -> Result<Option<Isolation>, Error> {
+        match self.annotations.get("gureum.isolation").map(String::as_str) {
+            None => Ok(None),
+            Some("vm") => Ok(Some(Isolation::Vm)),
+            Some("native") => Ok(Some(Isolation::Native)),
+            Some(other) => Err(Error::BadIsolation(other.to_string())),
+        }
+    }
+
+    /// The namespaces config.json asks for: (kind, path to join or None to create).
+    pub fn namespaces(&self) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
+        let listed = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone());
+        match listed {
+            Some(list) => list.iter().map(|n| (n.typ(), n.path().clone())).collect(),
+            None => [
+                LinuxNamespaceType::Pid,
+                LinuxNamespaceType::Mount,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Network,
+            ]
+            .into_iter()
+            .map(|t| (t, None))
+            .collect(),
+        }
+    }
+}
+
+pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<Process, Error> {
+    gureum_agent::oci::process_settings(p).map_err(Error::Process)
+}
+
+fn resources(spec: &Spec) -> Resources {
+    let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+        return Resources::default();
+    };
+    let cpu = r.cpu().as_ref();
+    Resources {
+        memory_bytes: r.memory().as_ref().and_then(|m| m.limit()),
+        cpu_quota_us: cpu.and_then(|c| c.quota()),
+        cpu_period_us: cpu.and_then(|c| c.period()),
+        pids: r.pids().as_ref().map(|p| p.limit()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(config: &str) -> (tempdir::Dir, Result<Bundle, Error>) {
+        let dir = tempdir::Dir::new();
+        std::fs::create_dir(dir.0.join("rootfs")).unwrap();
+        std::fs::write(dir.0.join("config.json"), config).unwrap();
+        let b = Bundle::load(&dir.0);
+        (dir, b)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("gureum-bundle-test-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    const GOOD: &str = r#"{"ociVersion":"1.0.2","process":{"args":["sh","-c","true"],
+        "env":["A=1"],"cwd":"/tmp","user":{"uid":5,"gid":6},
+        "rlimits":[{"type":"RLIMIT_NOFILE","soft":100,"hard":200}]},
+        "root":{"path":"rootfs","readonly":true},"hostname":"box",
+        "linux":{"resources":{"memory":{"limit":1048576},"pids":{"limit":7}},
+                 "namespaces":[{"type":"pid"},{"type":"mount"}]},
+        "annotations":{"gureum.isolation":"native"}}"#;
+
+    #[test]
+    fn reads_the_settings() {
+        let (_d, b) = bundle(GOOD);
+        let b = b.unwrap();
+        assert_eq!(b.process.args, ["sh", "-c", "true"]);
+        assert_eq!((b.process.uid, b.process.gid), (5, 6));
+        assert_eq!(b.process.cwd, "/tmp");
+        assert_eq!(b.process.rlimits, [("RLIMIT_NOFILE".into(), 100, 200)]);
+        assert!(b.readonly_root);
+        assert_eq!(b.hostname.as_deref(), Some("box"));
+        assert_eq!(b.resources.memory_bytes, Some(1 << 20));
+        assert_eq!(b.resources.pids, Some(7));
+        assert_eq!(b.isolation().unwrap(), Some(Isolation::Native));
+        assert_eq!(b.namespaces().len(), 2);
+    }
+
+    #[test]
+    fn refuses_bad_bundles() {
+        let cases = [
+            ("{", "invalid"),
+            (
+                r#"{"ociVersion":"2.0.0","process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "ociVersion",
+            ),
+            (
+                r#"{"ociVersion":"1.0.0","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "args is empty",
+            ),
+            (r#"{"ociVersion":"1.0.0"}"#, "args is empty"),
+            (
+                r#"{"ociVersion":"1.0.0","process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"nope"}}"#,
+                "does not exist",
+            ),
+        ];
+        for (config, want) in cases {
+            let (_d, b) = bundle(config);
+            let e = b.unwrap_err().to_string();
+            assert!(e.contains(want), "{config}: {e}");
+        }
+        let dir = tempdir::Dir::new();
+        assert!(matches!(Bundle::load(&dir.0), Err(Error::NoConfig(_))));
+    }
+}

@@ -1,0 +1,434 @@
+//! Containers: OCI bundles run natively (namespaces + cgroups) or in their own microVM, behind a
+//! runc-compatible lifecycle (create, start, state, kill, delete, list, exec, run).
+
+pub mod bundle;
+pub mod cgroup;
+pub mod native;
+pub mod state;
+pub mod vm;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use bundle::{Bundle, Isolation, Process};
+use cgroup::Cgroup;
+use native::wait::{HeldSignals, open_pty, wait};
+use state::{Record, Status, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bundle(#[from] bundle::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error(transparent)]
+    Native(#[from] native::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error("container {id:?} is {status}, not {want}")]
+    WrongStatus {
+        id: String,
+        status: &'static str,
+        want: &'static str,
+    },
+    #[error("container {0:?} is running: stop it first, or delete --force")]
+    Running(String),
+    #[error("unknown signal {0:?}")]
+    Signal(String),
+    #[error("cannot signal container {0:?}")]
+    Kill(String, #[source] std::io::Error),
+    #[error("process.terminal is set: `create` needs --console-socket to hand the terminal to")]
+    NoConsoleSocket,
+    #[error("console socket {0}")]
+    ConsoleSocket(PathBuf, #[source] std::io::Error),
+    #[error("cannot write the pid file {0}")]
+    PidFile(PathBuf, #[source] std::io::Error),
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    #[error("bad --user {0:?} (expected UID[:GID])")]
+    User(String),
+    #[error("bad --env {0:?} (expected NAME=VALUE)")]
+    Env(String),
+}
+
+impl Error {
+    /// The status `gureum` exits with: the process's own (127 for a missing executable, ...)
+    /// when the container could not start it, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Native(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// Flags every container command shares.
+pub struct Global {
+    pub root: PathBuf,
+    pub isolation: Option<Isolation>,
+}
+
+/// Options of `create` and `run`.
+#[derive(Default)]
+pub struct CreateOptions {
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub tty: bool,
+}
+
+/// Removes what a failed create made (cgroup, state directory) unless disarmed.
+struct Undo<'a> {
+    store: &'a Store,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            Cgroup::of(self.id).remove();
+            let _ = self.store.remove(self.id);
+        }
+    }
+}
+
+fn isolation(g: &Global, bundle: &Bundle) -> Result<Isolation, Error> {
+    Ok(g.isolation.or(bundle.isolation()?).unwrap_or(Isolation::Vm))
+}
+
+fn write_pid_file(path: Option<&Path>, pid: i32) -> Result<(), Error> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, pid.to_string()).map_err(|e| Error::PidFile(path.to_path_buf(), e))
+}
+
+/// `create`: the container is set up and waits for `start`.
+pub fn create(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Result<i32, Error> {
+    let mut bundle = Bundle::load(bundle_dir)?;
+    terminal(g, &mut bundle, opts)?;
+    if bundle.process.terminal && opts.console_socket.is_none() {
+        return Err(Error::NoConsoleSocket);
+    }
+    let pty = make_pty(&bundle.process)?;
+    let pid = create_with(g, id, &bundle, opts, pty.as_ref().map(|(_, s)| s))?;
+    if let (Some((master, _)), Some(socket)) = (pty, &opts.console_socket) {
+        send_console(socket, &master)?;
+    }
+    Ok(pid)
+}
+
+/// A terminal is a native container's: in a microVM the process's stdio is piped.
+fn terminal(g: &Global, bundle: &mut Bundle, opts: &CreateOptions) -> Result<(), Error> {
+    let native = isolation(g, bundle)? == Isolation::Native;
+    bundle.process.terminal = (bundle.process.terminal || opts.tty) && native;
+    Ok(())
+}
+
+fn make_pty(p: &Process) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
+    p.terminal
+        .then(open_pty)
+        .transpose()
+        .map_err(|e| Error::Io("open a pty".into(), e))
+}
+
+fn create_with(
+    g: &Global,
+    id: &str,
+    bundle: &Bundle,
+    opts: &CreateOptions,
+    pty_slave: Option<&OwnedFd>,
+) -> Result<i32, Error> {
+    let isolation = isolation(g, bundle)?;
+    if isolation == Isolation::Vm {
+        vm::check_host()?;
+    }
+    let store = Store::new(&g.root);
+    let dir = store.reserve(id)?;
+    let mut undo = Undo {
+        store: &store,
+        id,
+        armed: true,
+    };
+    let mut record = Record {
+        id: id.to_string(),
+        pid: 0,
+        pid_start: 0,
+        bundle: bundle.dir.clone(),
+        isolation,
+        created: state::now_rfc3339(),
+        annotations: bundle.annotations.clone(),
+        process: bundle.process.clone(),
+    };
+    store.save(&record)?;
+    let pid = match isolation {
+        Isolation::Native => {
+            let cgroup = Cgroup::create(id, &bundle.resources)?;
+            native::create(bundle, &dir, &cgroup, pty_slave.map(AsRawFd::as_raw_fd))?
+        }
+        Isolation::Vm => vm::create(bundle, &dir)?,
+    };
+    record.pid = pid;
+    record.pid_start = state::start_time(pid).unwrap_or_default();
+    store.save(&record)?;
+    write_pid_file(opts.pid_file.as_deref(), pid)?;
+    undo.armed = false;
+    Ok(pid)
+}
+
+/// Sends the pty master to the console socket (runc's protocol: one SCM_RIGHTS message).
+fn send_console(socket: &Path, master: &OwnedFd) -> Result<(), Error> {
+    let fail = |e| Error::ConsoleSocket(socket.to_path_buf(), e);
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(fail)?;
+    let fd = master.as_raw_fd();
+    let name = b"/dev/ptmx";
+    let mut iov = libc::iovec {
+        iov_base: name.as_ptr().cast_mut().cast(),
+        iov_len: name.len(),
+    };
+    // SAFETY: CMSG_SPACE computes a size; no memory is touched.
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set to live buffers below.
+    let mut msg = unsafe { std::mem::zeroed::<libc::msghdr>() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds one cmsg with room for one fd, as sized above.
+    let rc = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        libc::sendmsg(stream.as_raw_fd(), &msg, 0)
+    };
+    if rc < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `start`: a created container runs its process.
+pub fn start(g: &Global, id: &str) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Created)?;
+    // A native init and a sandbox's monitor both wait on exec.fifo.
+    native::start(&store.dir(id))?;
+    Ok(())
+}
+
+fn expect(store: &Store, record: &Record, want: Status) -> Result<(), Error> {
+    let status = store.status(record);
+    if status == want {
+        return Ok(());
+    }
+    Err(Error::WrongStatus {
+        id: record.id.clone(),
+        status: status.as_str(),
+        want: want.as_str(),
+    })
+}
+
+/// `run`: create, start, wait, delete. Returns the process's exit status.
+pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Result<i32, Error> {
+    let mut bundle = Bundle::load(bundle_dir)?;
+    terminal(g, &mut bundle, opts)?;
+    let pty = make_pty(&bundle.process)?;
+    let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
+    let pid = create_with(g, id, &bundle, opts, pty.as_ref().map(|(_, s)| s))?;
+    let master = pty.map(|(m, _slave)| m);
+    let store = Store::new(&g.root);
+    let started = native::start(&store.dir(id));
+    let code = match started {
+        Ok(()) => wait(pid, &signals, master.as_ref()),
+        Err(e) => {
+            // SAFETY: kills our own child, reaped by destroy below.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            destroy(&store, &store.load(id)?);
+            return Err(e.into());
+        }
+    };
+    destroy(&store, &store.load(id)?);
+    Ok(code)
+}
+
+/// Kills whatever is left of a container and removes its cgroup and state.
+fn destroy(store: &Store, record: &Record) {
+    let cgroup = Cgroup::of(&record.id);
+    for attempt in 0..500 {
+        let mut pids = cgroup.pids();
+        if record.pid > 0 && state::alive(record.pid, record.pid_start) {
+            pids.push(record.pid);
+        }
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kills a process of this container; our own children are reaped below.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    cgroup.remove();
+    let _ = store.remove(&record.id);
+}
+
+/// `state`: the OCI state JSON.
+pub fn state(g: &Global, id: &str) -> Result<String, Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    Ok(serde_json::to_string_pretty(&store.oci_state(&record)).unwrap_or_default())
+}
+
+/// `kill`: a signal to the container's process (with `all`, to every process of it).
+pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> {
+    let sig = native::sys::parse_signal(signal).ok_or_else(|| Error::Signal(signal.into()))?;
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    let status = store.status(&record);
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(Error::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            want: "running",
+        });
+    }
+    let mut pids = vec![record.pid];
+    if all && record.isolation == Isolation::Native {
+        pids.extend(Cgroup::of(id).pids());
+    }
+    for pid in pids {
+        // SAFETY: signals a process of this container.
+        if unsafe { libc::kill(pid, sig) } != 0 && pid == record.pid {
+            return Err(Error::Kill(id.into(), std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// `delete`: removes a stopped (or created) container; `force` kills a running one first.
+pub fn delete(g: &Global, id: &str, force: bool) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = match store.load(id) {
+        Err(state::Error::Unknown(_)) if force => return Ok(()),
+        other => other?,
+    };
+    if store.status(&record) == Status::Running && !force {
+        return Err(Error::Running(id.into()));
+    }
+    destroy(&store, &record);
+    Ok(())
+}
+
+/// Every container's ID.
+pub fn ids(g: &Global) -> Vec<String> {
+    Store::new(&g.root)
+        .list()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// `list`: a table, or JSON like runc's `list --format json`.
+pub fn list(g: &Global, json: bool) -> String {
+    let store = Store::new(&g.root);
+    let records = store.list();
+    let states: Vec<_> = records.iter().map(|r| (r, store.oci_state(r))).collect();
+    if json {
+        let rows: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(r, s)| {
+                serde_json::json!({
+                    "ociVersion": s.oci_version, "id": s.id, "pid": s.pid.unwrap_or(0),
+                    "status": s.status, "bundle": s.bundle, "created": r.created,
+                    "owner": "root", "isolation": r.isolation,
+                })
+            })
+            .collect();
+        return serde_json::to_string(&rows).unwrap_or_default();
+    }
+    let mut out = format!(
+        "{:<20} {:<8} {:<8} {:<7} {:<21} BUNDLE",
+        "ID", "PID", "STATUS", "KIND", "CREATED"
+    );
+    for (r, s) in &states {
+        out.push_str(&format!(
+            "\n{:<20} {:<8} {:<8} {:<7} {:<21} {}",
+            r.id,
+            s.pid.unwrap_or(0),
+            s.status.as_str(),
+            r.isolation.as_str(),
+            r.created,
+            r.bundle.display()
+        ));
+    }
+    out
+}
+
+/// Options of `exec`.
+#[derive(Default)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `exec`: a second process in a running container. Returns its exit status (0 if detached).
+pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Running)?;
+    let process = exec_process(&record.process, opts)?;
+    if record.isolation == Isolation::Vm {
+        return Ok(vm::exec(&store.dir(id), &process)?);
+    }
+    let pty = make_pty(&process)?;
+    let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
+    let slave = pty.as_ref().map(|(_, s)| s.as_raw_fd());
+    let pid = native::exec(record.pid, &process, &Cgroup::of(id), slave)?;
+    write_pid_file(opts.pid_file.as_deref(), pid)?;
+    if opts.detach {
+        return Ok(0);
+    }
+    let master = pty.map(|(m, _slave)| m);
+    Ok(wait(pid, &signals, master.as_ref()))
+}
+
+fn exec_process(base: &Process, opts: &ExecOptions) -> Result<Process, Error> {
+    let mut p = base.clone();
+    p.args.clone_from(&opts.args);
+    if p.args.first().is_none_or(String::is_empty) {
+        return Err(bundle::Error::NoArgs.into());
+    }
+    for kv in &opts.env {
+        let (name, _) = kv.split_once('=').ok_or_else(|| Error::Env(kv.clone()))?;
+        p.env
+            .retain(|e| e.split_once('=').map(|(n, _)| n) != Some(name));
+        p.env.push(kv.clone());
+    }
+    if let Some(cwd) = &opts.cwd {
+        p.cwd.clone_from(cwd);
+    }
+    if let Some(user) = &opts.user {
+        let bad = || Error::User(user.clone());
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?),
+            None => (user.parse().map_err(|_| bad())?, p.gid),
+        };
+        (p.uid, p.gid) = (uid, gid);
+    }
+    p.terminal = opts.tty;
+    Ok(p)
+}

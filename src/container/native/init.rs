@@ -1,0 +1,277 @@
+//! What runs inside a native container. Its first process (PID 1 of the new PID namespace) sets
+//! up the filesystem, reports ready, waits for `start`, then forks the container's process and
+//! stays as a minimal init: it forwards every signal to that process, reaps orphans, and exits
+//! with the process's status (128+N for signal N). Without it a process that is PID 1 would
+//! ignore SIGTERM (the kernel drops default-action signals to a namespace's init).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::mounts;
+use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, sigset_of, write_all};
+use crate::container::bundle::{Bundle, Process};
+
+/// What the container's init needs, prepared by the parent before the clone.
+pub struct Plan<'a> {
+    pub bundle: &'a Bundle,
+    /// Namespaces config.json names by path, to join: (CLONE_* type, open fd).
+    pub join: Vec<(libc::c_int, OwnedFd)>,
+    pub new_mount_ns: bool,
+    pub new_uts_ns: bool,
+    /// The container's state directory, whose exec.fifo the init opens to wait for `start`.
+    pub state_dir: OwnedFd,
+    /// The pty's slave end, made the process's stdin, stdout and stderr (process.terminal).
+    pub pty_slave: Option<RawFd>,
+}
+
+/// Makes `fd` this process's stdin, stdout and stderr.
+pub fn use_as_stdio(fd: RawFd) -> Result<(), Failure> {
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors of this (child) process.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err((1, format!("cannot attach the terminal: {}", os_err())));
+        }
+    }
+    Ok(())
+}
+
+/// A failure to report: the exit status a shell would give, and one line.
+pub type Failure = (i32, String);
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The container's init, in the cloned child. Never returns.
+pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
+    let mut byte = [0u8; 1];
+    // SAFETY: reads one byte into a live buffer: the parent's go-ahead (or EOF if it died).
+    let n = unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        exit(1);
+    }
+    let prepared = match plan.pty_slave {
+        Some(fd) => use_as_stdio(fd).and_then(|()| prepare(plan)),
+        None => prepare(plan),
+    };
+    let exe = match prepared {
+        Ok(exe) => exe,
+        Err((code, msg)) => {
+            let mut frame = vec![b'E'];
+            frame.extend_from_slice(&code.to_le_bytes());
+            frame.extend_from_slice(msg.as_bytes());
+            let _ = write_all(report.as_raw_fd(), &frame);
+            exit(1);
+        }
+    };
+    let _ = write_all(report.as_raw_fd(), b"R");
+    drop(report);
+    // Block until `start` opens the fifo for reading.
+    // SAFETY: openat on a directory fd we own with a NUL-terminated name.
+    let fifo = unsafe {
+        libc::openat(
+            plan.state_dir.as_raw_fd(),
+            c"exec.fifo".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fifo < 0 || write_all(fifo, b"0").is_err() {
+        exit(1);
+    }
+    // SAFETY: closes the fifo fd we opened above.
+    unsafe { libc::close(fifo) };
+    let process = &plan.bundle.process;
+    shim(&exe, process)
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends this process at once, without running the parent's atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+/// Namespaces, filesystem, hostname; then the executable's path in the container.
+fn prepare(plan: &Plan) -> Result<CString, Failure> {
+    for (nstype, fd) in &plan.join {
+        // SAFETY: setns on a namespace fd we own.
+        if unsafe { libc::setns(fd.as_raw_fd(), *nstype) } != 0 {
+            return Err((1, format!("cannot join a namespace: {}", os_err())));
+        }
+    }
+    let bundle = plan.bundle;
+    if plan.new_mount_ns {
+        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, bundle.readonly_root)
+            .map_err(|e| (1, e))?;
+    } else {
+        chroot(&bundle.rootfs).map_err(|e| (1, e))?;
+    }
+    if let (true, Some(name)) = (plan.new_uts_ns, &bundle.hostname) {
+        // SAFETY: sethostname reads name.len() bytes from a live string.
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+            return Err((1, format!("cannot set hostname {name:?}: {}", os_err())));
+        }
+    }
+    check_process(&bundle.process)
+}
+
+fn chroot(root: &Path) -> Result<(), String> {
+    let c = cstr(root.as_os_str().as_encoded_bytes())?;
+    // SAFETY: chroot/chdir with NUL-terminated paths.
+    if unsafe { libc::chroot(c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 } {
+        return Err(format!(
+            "cannot chroot into {}: {}",
+            root.display(),
+            os_err()
+        ));
+    }
+    Ok(())
+}
+
+/// The cwd exists and the executable is found, from inside the container's root.
+pub fn check_process(p: &Process) -> Result<CString, Failure> {
+    if !Path::new(&p.cwd).is_dir() {
+        return Err((
+            1,
+            format!("cwd {} is not a directory in the container", p.cwd),
+        ));
+    }
+    let program = &p.args[0];
+    let path_var = p
+        .env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let candidates: Vec<String> = if program.contains('/') {
+        vec![program.clone()]
+    } else {
+        path_var
+            .split(':')
+            .map(|dir| format!("{}/{program}", if dir.is_empty() { "." } else { dir }))
+            .collect()
+    };
+    let mut found_not_executable = false;
+    for candidate in candidates {
+        let meta = std::fs::metadata(&candidate);
+        if meta.as_ref().is_ok_and(std::fs::Metadata::is_file) {
+            let c = cstr(candidate.as_bytes()).map_err(|e| (126, e))?;
+            // SAFETY: access with a NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+                return Ok(c);
+            }
+            found_not_executable = true;
+        }
+    }
+    if found_not_executable {
+        Err((126, format!("{program}: permission denied")))
+    } else {
+        Err((
+            127,
+            format!("executable {program} not found in the container"),
+        ))
+    }
+}
+
+/// Stay as the container's init: fork the process, forward signals, reap, exit with its status.
+fn shim(exe: &CString, p: &Process) -> ! {
+    let all = full_sigset();
+    set_sigmask(libc::SIG_BLOCK, &all);
+    // SAFETY: fork in a single-threaded process; the child only execs or exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        exec_process(exe, p);
+    }
+    if child < 0 {
+        exit(126);
+    }
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid; sigwaitinfo fills it.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        // SAFETY: waits on a valid set with a valid out-pointer.
+        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        if sig == libc::SIGCHLD {
+            loop {
+                let mut status = 0;
+                // SAFETY: reaps any exited child without blocking.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
+                }
+                if pid == child {
+                    exit(exit_code(status));
+                }
+            }
+        } else if sig > 0 {
+            // SAFETY: forwards a signal to our own child.
+            unsafe { libc::kill(child, sig) };
+        }
+    }
+}
+
+/// In the forked child: the process's own settings, then exec. Never returns.
+pub fn exec_process(exe: &CString, p: &Process) -> ! {
+    let fail = |code: i32, what: &str| -> ! {
+        let msg = format!("gureum: {what}: {}\n", os_err());
+        let _ = write_all(2, msg.as_bytes());
+        exit(code);
+    };
+    // The process starts with no signal blocked (gureum and the init block theirs) and default
+    // dispositions (Rust's runtime ignores SIGPIPE; ignored signals would survive exec).
+    set_sigmask(libc::SIG_SETMASK, &sigset_of(&[]));
+    // SAFETY: signal(2) with valid numbers and SIG_DFL.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+    if let Err(why) = gureum_agent::limits::apply(&p.rlimits) {
+        let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
+        exit(126);
+    }
+    if p.terminal {
+        // SAFETY: a new session whose controlling terminal is the pty on stdin.
+        unsafe {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+    }
+    let cwd = cstr(p.cwd.as_bytes()).unwrap_or_else(|_| CString::from(c"/"));
+    // SAFETY: credential calls with valid arguments; a failure is reported and ends the child.
+    unsafe {
+        if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0 {
+            fail(126, "setgroups");
+        }
+        if libc::setgid(p.gid) != 0 {
+            fail(126, &format!("setgid {}", p.gid));
+        }
+        if libc::setuid(p.uid) != 0 {
+            fail(126, &format!("setuid {}", p.uid));
+        }
+        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(126, "no_new_privs");
+        }
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(126, &format!("chdir {}", p.cwd));
+        }
+    }
+    let to_c = |v: &[String]| -> Vec<CString> {
+        v.iter()
+            .filter_map(|s| CString::new(s.as_bytes()).ok())
+            .collect()
+    };
+    let (args, env) = (to_c(&p.args), to_c(&p.env));
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain([std::ptr::null()])
+            .collect()
+    };
+    let (argv, envp) = (ptrs(&args), ptrs(&env));
+    // SAFETY: execve with NUL-terminated arrays of NUL-terminated strings that outlive the call.
+    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    let code = if os_err().raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    };
+    fail(code, &format!("cannot run {}", p.args[0]))
+}

@@ -1,0 +1,331 @@
+//! Native isolation: the container's process in new namespaces (from config.json), under the
+//! rootfs by pivot_root, in its own cgroups. Hand-written over libc rather than youki's
+//! libcontainer: the part gureum needs is a few hundred lines, builds in seconds, and shares its
+//! process settings with the guest agent; libcontainer brings its own CLI-shaped lifecycle,
+//! seccomp and systemd layers and a much larger build.
+
+mod init;
+pub mod mounts;
+pub mod sys;
+pub mod wait;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::bundle::{Bundle, Process};
+use super::cgroup::Cgroup;
+use sys::{os_err, pipe, read_to_end, write_all};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The container's init could not set up or find its executable; `code` is its status.
+    #[error("{msg}")]
+    Init { code: i32, msg: String },
+    #[error("the container's init exited during set-up")]
+    InitDied,
+    #[error("cannot {0}")]
+    Sys(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroup::Error),
+}
+
+impl Error {
+    /// The exit status `run` ends with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Init { code, .. } => *code,
+            _ => 1,
+        }
+    }
+}
+
+fn sys(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Sys(what.to_string(), e)
+}
+
+fn clone_flag(t: LinuxNamespaceType) -> libc::c_int {
+    match t {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        // A time namespace can only be entered by unshare; not offered.
+        LinuxNamespaceType::Time => 0,
+    }
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::Sys(
+            format!("open {}", path.display()),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    // SAFETY: open with a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Sys(format!("open {}", path.display()), os_err()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates the container: its init is set up and waits on `state_dir/exec.fifo` for `start`.
+/// Returns the init's pid. On an error nothing is left running.
+pub fn create(
+    bundle: &Bundle,
+    state_dir: &Path,
+    cgroup: &Cgroup,
+    pty_slave: Option<RawFd>,
+) -> Result<i32, Error> {
+    let fifo =
+        CString::new(state_dir.join("exec.fifo").as_os_str().as_encoded_bytes()).map_err(|_| {
+            Error::Sys(
+                "name the fifo".into(),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
+    // SAFETY: mkfifo with a NUL-terminated path.
+    if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
+        return Err(Error::Sys("make exec.fifo".into(), os_err()));
+    }
+    let mut flags = 0;
+    let mut join = Vec::new();
+    for (kind, path) in bundle.namespaces() {
+        match path {
+            None => flags |= clone_flag(kind),
+            Some(p) => {
+                let file = std::fs::File::open(&p)
+                    .map_err(sys(&format!("open namespace {}", p.display())))?;
+                join.push((clone_flag(kind), OwnedFd::from(file)));
+            }
+        }
+    }
+    let plan = init::Plan {
+        bundle,
+        join,
+        new_mount_ns: flags & libc::CLONE_NEWNS != 0,
+        new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
+        state_dir: open_dir(state_dir)?,
+        pty_slave,
+    };
+    let (go_r, go_w) = pipe().map_err(sys("make a pipe"))?;
+    let (report_r, report_w) = pipe().map_err(sys("make a pipe"))?;
+    let clone_flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or_default();
+    // SAFETY: a fork-like clone (no new stack) from a single-threaded process; the child runs
+    // only container_init, which never returns.
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        drop(go_w);
+        drop(report_r);
+        init::container_init(&plan, &go_r, report_w);
+    }
+    drop(go_r);
+    drop(report_w);
+    let pid = i32::try_from(pid).map_err(|_| Error::Sys("clone".into(), os_err()))?;
+    if pid < 0 {
+        return Err(Error::Sys("clone the container's init".into(), os_err()));
+    }
+    let result = admit(bundle, pid, cgroup, &go_w, &report_r);
+    if result.is_err() {
+        // SAFETY: kills and reaps our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    result.map(|()| pid)
+}
+
+/// Parent's half of set-up: id maps, cgroup, go-ahead, then the init's report.
+fn admit(
+    bundle: &Bundle,
+    pid: i32,
+    cgroup: &Cgroup,
+    go: &OwnedFd,
+    report: &OwnedFd,
+) -> Result<(), Error> {
+    write_id_maps(bundle, pid)?;
+    cgroup.add(pid)?;
+    write_all(go.as_raw_fd(), b"G").map_err(sys("start the container's init"))?;
+    let answer = read_to_end(report).map_err(sys("read the container's init"))?;
+    match answer.split_first() {
+        Some((b'R', _)) => Ok(()),
+        Some((b'E', rest)) if rest.len() >= 4 => {
+            let (code, msg) = rest.split_at(4);
+            let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
+            Err(Error::Init {
+                code,
+                msg: String::from_utf8_lossy(msg).into_owned(),
+            })
+        }
+        _ => Err(Error::InitDied),
+    }
+}
+
+fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<(), Error> {
+    let Some(linux) = bundle.spec.linux() else {
+        return Ok(());
+    };
+    let maps = [
+        ("uid_map", linux.uid_mappings()),
+        ("gid_map", linux.gid_mappings()),
+    ];
+    for (file, map) in maps {
+        let Some(map) = map else { continue };
+        let text: String = map
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(sys(&format!("write {file}")))?;
+    }
+    Ok(())
+}
+
+/// Releases a created container: opens its fifo, which lets the init go on to run the process.
+pub fn start(state_dir: &Path) -> Result<(), Error> {
+    let path = state_dir.join("exec.fifo");
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::Sys(
+            "name the fifo".into(),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    // Non-blocking open: a dead init must not hang `start`.
+    // SAFETY: open with a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Sys("open exec.fifo".into(), os_err()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one valid pollfd for up to 10 s.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    let mut byte = [0u8; 1];
+    // SAFETY: reads one byte into a live buffer.
+    let n = unsafe { libc::read(fd.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+    let _ = std::fs::remove_file(&path);
+    if ready <= 0 || n != 1 {
+        return Err(Error::InitDied);
+    }
+    Ok(())
+}
+
+/// Runs `process` as a second process in the container whose init is `init_pid`: joins its
+/// namespaces and cgroup, and returns the new process's pid (a child of this process).
+pub fn exec(
+    init_pid: i32,
+    process: &Process,
+    cgroup: &Cgroup,
+    pty_slave: Option<RawFd>,
+) -> Result<i32, Error> {
+    let mut namespaces = Vec::new();
+    for (name, flag) in [
+        ("user", libc::CLONE_NEWUSER),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("pid", libc::CLONE_NEWPID),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        let theirs = format!("/proc/{init_pid}/ns/{name}");
+        let same = std::fs::read_link(&theirs).ok()
+            == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if same {
+            continue;
+        }
+        let file = std::fs::File::open(&theirs).map_err(sys(&format!("open {theirs}")))?;
+        namespaces.push((flag, OwnedFd::from(file)));
+    }
+    // The PID namespace applies to children: join it here, the rest in the child.
+    for (flag, fd) in namespaces.iter().filter(|(f, _)| *f == libc::CLONE_NEWPID) {
+        // SAFETY: setns on an fd we own.
+        if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
+            return Err(Error::Sys(
+                "join the container's PID namespace".into(),
+                os_err(),
+            ));
+        }
+    }
+    let (report_r, report_w) = pipe().map_err(sys("make a pipe"))?;
+    // SAFETY: fork in a single-threaded process; the child execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(report_r);
+        if let Some(fd) = pty_slave {
+            let _ = init::use_as_stdio(fd);
+        }
+        exec_child(&namespaces, process, cgroup, &report_w);
+    }
+    drop(report_w);
+    if pid < 0 {
+        return Err(Error::Sys("fork".into(), os_err()));
+    }
+    let answer = read_to_end(&report_r).map_err(sys("read the exec'd process"))?;
+    if let Some((b'E', rest)) = answer.split_first().filter(|_| answer.len() >= 5) {
+        let (code, msg) = rest.split_at(4);
+        // SAFETY: reaps our own child, which has exited after reporting.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(Error::Init {
+            code: i32::from_le_bytes(code.try_into().unwrap_or_default()),
+            msg: String::from_utf8_lossy(msg).into_owned(),
+        });
+    }
+    Ok(pid)
+}
+
+fn exec_child(
+    namespaces: &[(libc::c_int, OwnedFd)],
+    p: &Process,
+    cgroup: &Cgroup,
+    report: &OwnedFd,
+) -> ! {
+    let fail = |(code, msg): init::Failure| -> ! {
+        let mut frame = vec![b'E'];
+        frame.extend_from_slice(&code.to_le_bytes());
+        frame.extend_from_slice(msg.as_bytes());
+        let _ = write_all(report.as_raw_fd(), &frame);
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(1) }
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if let Err(e) = cgroup.add(me) {
+        fail((1, e.to_string()));
+    }
+    for (flag, fd) in namespaces.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {
+        // SAFETY: setns on an fd we own, in a single-threaded child.
+        if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
+            fail((
+                1,
+                format!("cannot join the container's namespaces: {}", os_err()),
+            ));
+        }
+    }
+    let exe = init::check_process(p).unwrap_or_else(|f| fail(f));
+    init::exec_process(&exe, p)
+}

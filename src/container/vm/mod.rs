@@ -1,0 +1,279 @@
+//! MicroVM isolation: a fresh VM per container. `create` forks a monitor process that boots
+//! `gureum boot` with our kernel, the agent's initramfs, the rootfs as a read-only virtio-blk
+//! disk and a vsock device; once the agent answers on vsock it reports ready and waits on
+//! exec.fifo like a native init. On `start` it sends the process settings, relays the stdio it
+//! inherited from `create`, turns signals it receives into Signal frames, and exits with the
+//! process's status. `exec` is one more agent connection. The VMM dies with its monitor.
+
+mod image;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gureum_agent::client;
+
+use super::bundle::{Bundle, Process};
+use super::native::sys::{pipe, read_to_end, write_all};
+use crate::host_check::KvmKind;
+
+/// The guest port the agent listens on.
+const AGENT_PORT: u32 = 1024;
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "this host's KVM is PVM: a Linux guest's userspace cannot run here, so neither can a \
+         microVM container; use --isolation native (or a host with hardware KVM)"
+    )]
+    PvmHost,
+    #[error("{0} is missing: run scripts/setup.sh (it builds the guest kernel and agent)")]
+    Missing(PathBuf),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error("cannot start the sandbox")]
+    Sys(#[source] std::io::Error),
+    #[error("the sandbox did not come up: {0}")]
+    Boot(String),
+    #[error("the sandbox's agent")]
+    Agent(#[from] client::Error),
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("GUREUM_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/gureum"), PathBuf::from)
+}
+
+/// The guest kernel and the agent's initramfs (guest-kernels/agent-initramfs.sh).
+fn guest() -> Result<(PathBuf, PathBuf), Error> {
+    let (kernel, _) = crate::default_guest();
+    let initrd = cache().join("default/agent-initramfs.cpio");
+    for p in [&kernel, &initrd] {
+        if !p.exists() {
+            return Err(Error::Missing(p.clone()));
+        }
+    }
+    Ok((kernel, initrd))
+}
+
+/// Refuses hosts where the guest cannot run, before anything is made.
+pub fn check_host() -> Result<(), Error> {
+    if crate::host_check::kvm_kind().0 == KvmKind::Pvm {
+        return Err(Error::PvmHost);
+    }
+    guest().map(|_| ())
+}
+
+/// Guest memory (MiB) and vCPUs: annotations, else `linux.resources`, else 128 MiB and 1.
+fn size(bundle: &Bundle) -> (u64, u64) {
+    let note = |k: &str| {
+        bundle
+            .annotations
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let r = &bundle.resources;
+    let memory = note("gureum.vm.memory_mib")
+        .or_else(|| r.memory_bytes.and_then(|b| u64::try_from(b >> 20).ok()))
+        .unwrap_or(128)
+        .max(64);
+    let from_quota = r.cpu_quota_us.filter(|&q| q > 0).and_then(|q| {
+        let period = r.cpu_period_us.unwrap_or(100_000).max(1);
+        u64::try_from(q).ok().map(|q| q.div_ceil(period))
+    });
+    let vcpus = note("gureum.vm.vcpus")
+        .or(from_quota)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    (memory, vcpus)
+}
+
+/// Boots the sandbox and returns its monitor's pid once the agent answers.
+pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
+    let (kernel, initrd) = guest()?;
+    let image = image::rootfs_image(&bundle.rootfs, &cache())?;
+    let fifo = std::ffi::CString::new(dir.join("exec.fifo").as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Sys(std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: mkfifo with a NUL-terminated path.
+    if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
+        return Err(Error::Sys(std::io::Error::last_os_error()));
+    }
+    let (memory, vcpus) = size(bundle);
+    let mut vmm = Command::new("/proc/self/exe");
+    vmm.arg("boot")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--disk")
+        .arg(format!("{},ro", image.display()))
+        .arg("--vsock")
+        .arg(format!("cid=3,uds={}", dir.join("vsock.sock").display()))
+        .args([
+            "--memory",
+            &memory.to_string(),
+            "--vcpus",
+            &vcpus.to_string(),
+        ])
+        .arg("--cmdline")
+        .arg(format!("{CMDLINE} gureum.agent=vsock:{AGENT_PORT}"));
+    let (report_r, report_w) = pipe().map_err(Error::Sys)?;
+    // SAFETY: fork from a single-threaded process; the child runs the monitor and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(report_r);
+        monitor(vmm, bundle, dir, report_w);
+    }
+    drop(report_w);
+    if pid < 0 {
+        return Err(Error::Sys(std::io::Error::last_os_error()));
+    }
+    let answer = read_to_end(&report_r).map_err(Error::Sys)?;
+    if answer.first() == Some(&b'R') {
+        return Ok(pid);
+    }
+    // SAFETY: reaps the monitor, which exits after reporting a failure.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let why = String::from_utf8_lossy(answer.get(1..).unwrap_or_default()).into_owned();
+    Err(Error::Boot(if why.is_empty() {
+        "the monitor exited".into()
+    } else {
+        why
+    }))
+}
+
+/// The monitor process. Never returns.
+fn monitor(mut vmm: Command, bundle: &Bundle, dir: &Path, report: OwnedFd) -> ! {
+    let fail = |why: String| -> ! {
+        let _ = write_all(report.as_raw_fd(), format!("E{why}").as_bytes());
+        // SAFETY: ends the monitor.
+        unsafe { libc::_exit(1) }
+    };
+    let log = dir.join("console.log");
+    let out =
+        std::fs::File::create(&log).unwrap_or_else(|e| fail(format!("{}: {e}", log.display())));
+    let err = out.try_clone().unwrap_or_else(|e| fail(e.to_string()));
+    vmm.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl in the VMM's child before exec: the VMM dies with its monitor.
+    unsafe {
+        vmm.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = vmm
+        .spawn()
+        .unwrap_or_else(|e| fail(format!("cannot run the VMM: {e}")));
+    let uds = dir.join("vsock.sock");
+    let conn = match connect(&uds, &mut child, Duration::from_secs(10)) {
+        Ok(conn) => conn,
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            fail(format!("{why} (console: {})", log.display()))
+        }
+    };
+    let _ = write_all(report.as_raw_fd(), b"R");
+    drop(report);
+    // Wait for `start`.
+    let started = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("exec.fifo"))
+        .and_then(|mut f| f.write_all(b"0"));
+    let status = match started {
+        Ok(()) => {
+            let mut spec = bundle.process.clone();
+            spec.root = Some("/dev/vda".into());
+            relay(conn, &spec)
+        }
+        Err(_) => 255,
+    };
+    // The agent restarts the guest when the process ends; give the VMM a moment to exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::process::exit(status)
+}
+
+/// Connects to the agent through the vsock device's Unix socket (Firecracker's CONNECT).
+fn connect(uds: &Path, vmm: &mut Child, within: Duration) -> Result<UnixStream, String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Err(format!(
+                "the VMM exited ({status}) before the agent answered"
+            ));
+        }
+        if let Ok(conn) = try_connect(uds) {
+            return Ok(conn);
+        }
+        if start.elapsed() > within {
+            return Err(format!("the agent did not answer within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn try_connect(uds: &Path) -> std::io::Result<UnixStream> {
+    let mut conn = UnixStream::connect(uds)?;
+    conn.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())?;
+    // Read the answer a byte at a time: what follows it is the agent's.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while conn.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    if line.starts_with(b"OK ") {
+        Ok(conn)
+    } else {
+        Err(std::io::ErrorKind::ConnectionRefused.into())
+    }
+}
+
+/// Runs `spec` over `conn` with this process's stdio; signals received meanwhile become Signal
+/// frames. Returns the exit status.
+fn relay(conn: UnixStream, spec: &Process) -> i32 {
+    let writer = match conn.try_clone() {
+        Ok(w) => std::sync::Arc::new(std::sync::Mutex::new(w)),
+        Err(_) => return 255,
+    };
+    if let Ok(signals) = super::native::wait::HeldSignals::hold() {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            while let Some(sig) = signals.next_forwarded() {
+                if client::signal(&w, sig).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    match client::run_shared(conn, &writer, spec, std::io::stdin(), &mut out, &mut err) {
+        Ok(ended) => {
+            if let Some(why) = ended.error {
+                let _ = writeln!(err, "gureum: {why}");
+            }
+            ended.status
+        }
+        Err(e) => {
+            let _ = writeln!(err, "gureum: the sandbox ended without an exit status: {e}");
+            255
+        }
+    }
+}
+
+/// `exec` in a sandbox: one more agent connection, with this process's stdio.
+pub fn exec(dir: &Path, process: &Process) -> Result<i32, Error> {
+    let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
+    let mut spec = process.clone();
+    spec.root = Some("/dev/vda".into());
+    Ok(relay(conn, &spec))
+}
