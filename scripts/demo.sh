@@ -3,7 +3,8 @@
 # it boots the default Linux guest (kernel + busybox initramfs) to a shell on this terminal
 # ('exit' powers it off), or straight through when stdin is not a terminal. On a PVM host, where
 # no VMM can run a Linux guest's userspace, it shows gureum refusing that boot and boots the
-# test guest instead, then benchmarks boots.
+# test guest instead, then benchmarks boots. Then a container natively and (where the host
+# can) in a microVM, and the VM-vs-container comparison (gureum bench compare).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -22,9 +23,37 @@ if [ "$kind" != pvm ]; then
   "$gureum" boot --vcpus 2 --phases --timeout 60 \
     --cmdline "console=ttyS0 reboot=k panic=1 pci=off nomodule gureum.shell=0 gureum.token=demo"
   echo "== gureum bench boot (default Linux guest)"
-  exec "$gureum" bench boot --runs 10 \
+  "$gureum" bench boot --runs 10 \
     --cmdline "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet gureum.shell=0"
+  containers
+  exit 0
 fi
+
+# A busybox container natively, then (where the host can) in a microVM, then the comparison.
+containers() {
+  local bundle guest_args=()
+  bundle=$(mktemp -d)
+  trap 'rm -rf "$bundle"' RETURN
+  mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/proc" "$bundle/rootfs/dev"
+  cp /bin/busybox "$bundle/rootfs/bin/"
+  for a in sh echo hostname id cat; do ln -s busybox "$bundle/rootfs/bin/$a"; done
+  cat > "$bundle/config.json" <<'JSON'
+{"ociVersion": "1.0.2",
+ "process": {"args": ["sh", "-c", "echo hello from $(hostname) as $(id -u), PID $$"],
+             "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+ "root": {"path": "rootfs", "readonly": true}, "hostname": "demo-container",
+ "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"},
+                          {"type": "ipc"}, {"type": "network"}]}}
+JSON
+  echo "== gureum --isolation native run --bundle BUNDLE demo"
+  "$gureum" --isolation native run --bundle "$bundle" "demo-$$"
+  echo "== gureum run --bundle BUNDLE demo (microVM isolation)"
+  "$gureum" run --bundle "$bundle" "demo-vm-$$" || true
+  [ -n "${guest:-}" ] && guest_args=(--test-guest "$guest")
+  echo "== gureum bench compare --runs 10 --density 10 (files under target/bench-compare)"
+  "$gureum" bench compare --runs 10 --density 10 "${guest_args[@]}" --out "$root/target/bench-compare"
+}
 
 echo "== gureum boot (default Linux guest) on this PVM host:"
 "$gureum" boot || true
@@ -32,4 +61,5 @@ guest=$("$root/guest-kernels/test-guest/build.sh" 2>/dev/null)
 echo "== gureum boot --kernel test-guest --vcpus 2 --memory 256 --phases"
 "$gureum" boot --kernel "$guest" --vcpus 2 --memory 256 --cmdline "token=demo" --phases
 echo "== gureum bench boot --kernel test-guest --runs 20"
-exec "$gureum" bench boot --kernel "$guest" --runs 20
+"$gureum" bench boot --kernel "$guest" --runs 20
+containers

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs hardware KVM, in one command with one summary, in well under 10 minutes:
-# the Linux guest booted by gureum (vmlinux and bzImage, 1 and 2 vCPUs), the whole test suite,
-# and the benchmarks against QEMU microvm (boot: test guest and Linux guest; devices).
+# the Linux guest booted by gureum (vmlinux and bzImage, 1 and 2 vCPUs), the whole test suite
+# (which then includes containers in microVM sandboxes and the virtio devices through Linux), and
+# the benchmarks against QEMU microvm (boot: test guest and Linux guest; devices) and the
+# VM-vs-container comparison (bench compare).
 # On a PVM host it stops at once and says why (exit 2).
 #
 #   scripts/hardware-suite.sh            (as root; installs and builds what it needs)
@@ -46,6 +48,9 @@ step "all tests" cargo test --release --workspace --all-targets
 step "bench boot: test guest vs QEMU microvm" "$gureum" bench boot --kernel "$guest" --runs 20
 step "bench boot: Linux guest vs QEMU microvm" "$gureum" bench boot --runs 10 --cmdline "$linux_cmdline"
 step "bench devices: block vs QEMU microvm" "$gureum" bench devices --kernel "$guest" --runs 5
+step "containers in microVM sandboxes (and natively)" cargo test --release --test containers
+step "bench compare: native, runc, sandbox, microVMs vs QEMU" "$gureum" bench compare --runs 10 \
+  --density 10 --test-guest "$guest" --out "$root/target/bench-compare"
 "$gureum" host-check
 printf '%s\n' "${reports[@]}"
 echo "== hardware-suite summary"

@@ -80,6 +80,13 @@ pub enum Command {
         /// Give the process a terminal (as process.terminal: true).
         #[arg(short, long)]
         tty: bool,
+        /// Run an OCI image instead of a bundle: an image layout directory or a `docker save`
+        /// tarball. Its Entrypoint, Cmd, Env, WorkingDir and User apply; layers are cached.
+        #[arg(long, value_name = "PATH", conflicts_with = "bundle")]
+        image: Option<PathBuf>,
+        /// With --image: the command to run instead of the image's Cmd (after `--`).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Create a container: set up and waiting for `start` (runc's create).
     Create(CreateArgs),
@@ -213,6 +220,33 @@ pub enum BenchCommand {
         /// Skip the QEMU comparison.
         #[arg(long)]
         no_qemu: bool,
+    },
+    /// The same workload as a native container, under runc and runsc (when installed), in a
+    /// gureum microVM sandbox, and bare microVMs under gureum and QEMU, interleaved; then K idle
+    /// instances of each at once. Prints medians, p95 and ratios; writes compare.json,
+    /// report.md, startup.svg and memory.svg under --out. Kinds a host cannot run are reported
+    /// as skipped, with the reason.
+    Compare {
+        /// Runs per kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The container workload (busybox applets are in its PATH).
+        #[arg(long, value_name = "CMD", default_value = "true", num_args = 1.., allow_hyphen_values = true)]
+        workload: Vec<String>,
+        /// Where the report files go.
+        #[arg(long, value_name = "DIR", default_value = "bench-compare")]
+        out: PathBuf,
+        /// Idle instances per kind started at once for the density run (0: none).
+        #[arg(long, value_name = "K", default_value_t = 10)]
+        density: usize,
+        /// The test guest, for the microVM kinds that need no Linux userspace
+        /// (guest-kernels/test-guest/build.sh prints its path).
+        #[arg(long, value_name = "PATH")]
+        test_guest: Option<PathBuf>,
+        /// Only these kinds (comma-separated): native, runc, runsc, sandbox, microvm,
+        /// qemu-microvm, microvm-test-guest, qemu-microvm-test-guest.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Device throughput measured with the test guest driving the device: block MB/s and IOPS,
     /// network frames/s, vsock MB/s; against QEMU microvm when it is installed (not for vsock:

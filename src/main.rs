@@ -38,8 +38,12 @@ enum Error {
     Bench(#[from] bench::Error),
     #[error(transparent)]
     Container(#[from] container::Error),
+    #[error(transparent)]
+    Compare(#[from] bench::compare::Error),
     #[error("cannot read the process file {0}")]
     ProcessFile(PathBuf, #[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot make the output directory {0}")]
+    OutDir(PathBuf, #[source] std::io::Error),
     #[error("unknown --format {0:?} (table or json)")]
     Format(String),
     #[error("--timeout must be a positive number of seconds, not {0}")]
@@ -117,9 +121,17 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
         isolation: cli.isolation,
     };
     match cli.command {
-        Command::Run { create, tty } => {
+        Command::Run {
+            create,
+            tty,
+            image,
+            command,
+        } => {
             let opts = create_options(&create, tty);
-            Ok(container::run(&g, &create.id, &create.bundle, &opts)?)
+            Ok(match image {
+                Some(path) => container::run_image(&g, &create.id, &path, &command, &opts)?,
+                None => container::run(&g, &create.id, &create.bundle, &opts)?,
+            })
         }
         Command::Create(create) => {
             container::create(
@@ -216,6 +228,31 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
             no_qemu,
         }) => {
             println!("{}", bench::devices::run(&kernel, runs, !no_qemu)?);
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Compare {
+            runs,
+            workload,
+            out,
+            density,
+            test_guest,
+            only,
+        }) => {
+            std::fs::create_dir_all(&out).map_err(|e| Error::OutDir(out.clone(), e))?;
+            let opts = bench::compare::Options {
+                runs,
+                workload,
+                out: out.clone(),
+                density,
+                test_guest,
+                only,
+            };
+            let report = bench::compare::run(&opts)?;
+            println!("{}", bench::compare::report::table(&report));
+            println!(
+                "wrote {}/compare.json, report.md, startup.svg, memory.svg",
+                out.display()
+            );
             Ok(0)
         }
         _ => unreachable!("container commands are handled in run"),

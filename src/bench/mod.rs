@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::VmConfig;
 use crate::host_check::{KvmKind, kvm_kind};
 
+pub mod compare;
 pub mod devices;
 
 #[derive(Debug, thiserror::Error)]

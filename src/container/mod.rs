@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod cgroup;
+pub mod image;
 pub mod native;
 pub mod state;
 pub mod vm;
@@ -27,6 +28,8 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
     Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Image(#[from] image::Error),
     #[error("container {id:?} is {status}, not {want}")]
     WrongStatus {
         id: String,
@@ -255,6 +258,30 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
     Ok(code)
 }
 
+/// `run --image`: a bundle made from an OCI image layout or `docker save` tarball, run and
+/// removed. `command` replaces the image's Cmd when given.
+pub fn run_image(
+    g: &Global,
+    id: &str,
+    path: &Path,
+    command: &[String],
+    opts: &CreateOptions,
+) -> Result<i32, Error> {
+    let store = Store::new(&g.root);
+    if !state::valid_id(id) {
+        return Err(state::Error::BadId(id.into()).into());
+    }
+    if store.dir(id).exists() {
+        return Err(state::Error::Exists(id.into()).into());
+    }
+    let image = image::open(path, &vm::cache())?;
+    let dir = store.image_dir(id);
+    let made = image::bundle::make(&image, &dir, id, command);
+    let result = made.map_err(Error::from).and_then(|b| run(g, id, &b, opts));
+    image::bundle::remove(&dir);
+    result
+}
+
 /// Kills whatever is left of a container and removes its cgroup and state.
 fn destroy(store: &Store, record: &Record) {
     let cgroup = Cgroup::of(&record.id);
@@ -278,6 +305,7 @@ fn destroy(store: &Store, record: &Record) {
         }
     }
     cgroup.remove();
+    image::bundle::remove(&store.image_dir(&record.id));
     let _ = store.remove(&record.id);
 }
 

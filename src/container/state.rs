@@ -99,6 +99,11 @@ impl Store {
         self.root.join(id)
     }
 
+    /// Where a bundle made from an image for container `id` lives (IDs cannot start with '.').
+    pub fn image_dir(&self, id: &str) -> PathBuf {
+        self.root.join(".images").join(id)
+    }
+
     /// Claims `id`: its directory exists only for the one caller that made it.
     pub fn reserve(&self, id: &str) -> Result<PathBuf, Error> {
         if !valid_id(id) {

@@ -412,3 +412,20 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A busybox-static root filesystem at `rootfs`: /bin with every applet, /etc/passwd, and the
+/// usual mount points.
+pub fn busybox_rootfs(rootfs: &Path) {
+    const BUSYBOX: &str = "/bin/busybox";
+    for d in ["bin", "proc", "dev", "tmp", "etc", "sys", "home/u"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("busybox-static (scripts/setup.sh)");
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for name in String::from_utf8_lossy(&list.stdout).lines() {
+        if name != "busybox" {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(name)).unwrap();
+        }
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+}

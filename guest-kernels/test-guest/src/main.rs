@@ -384,6 +384,14 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
             puts(b"\n");
         }
     }
+    if param(cmdline, b"then") == Some(b"idle") {
+        // An idle instance for density runs: halted, interrupts off, costing no host CPU.
+        puts(b"idle: halted until stopped\n");
+        loop {
+            // SAFETY: halting with interrupts off only stops this vCPU.
+            unsafe { asm!("hlt", options(nomem, nostack)) }
+        }
+    }
     if param(cmdline, b"then") == Some(b"hang") {
         puts(b"hang: spinning until stopped\n");
         loop {

@@ -44,7 +44,8 @@ pub enum Error {
     Agent(#[from] client::Error),
 }
 
-fn cache() -> PathBuf {
+/// gureum's cache: guest kernels, rootfs images, image layers (GUREUM_CACHE overrides).
+pub fn cache() -> PathBuf {
     std::env::var_os("GUREUM_CACHE")
         .map_or_else(|| PathBuf::from("/var/cache/gureum"), PathBuf::from)
 }

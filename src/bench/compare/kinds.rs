@@ -1,0 +1,303 @@
+//! The kinds of instance `bench compare` measures, how each is started and stopped, and why one
+//! is skipped on this host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::host_check::KvmKind;
+
+/// What makes a line on the instance's stdout mean "the workload is running".
+pub const WORKLOAD_MARK: &str = "gureum-bench-start";
+const LINUX_MARK: &str = "gureum-init: ready";
+const TEST_GUEST_MARK: &str = "boot-timer: written";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Native,
+    Runc,
+    Runsc,
+    Sandbox,
+    MicroVm,
+    QemuMicroVm,
+    TestGuestVm,
+    QemuTestGuest,
+}
+
+pub const ALL: [Kind; 8] = [
+    Kind::Native,
+    Kind::Runc,
+    Kind::Runsc,
+    Kind::Sandbox,
+    Kind::MicroVm,
+    Kind::QemuMicroVm,
+    Kind::TestGuestVm,
+    Kind::QemuTestGuest,
+];
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Native => "native",
+            Kind::Runc => "runc",
+            Kind::Runsc => "runsc",
+            Kind::Sandbox => "sandbox",
+            Kind::MicroVm => "microvm",
+            Kind::QemuMicroVm => "qemu-microvm",
+            Kind::TestGuestVm => "microvm-test-guest",
+            Kind::QemuTestGuest => "qemu-microvm-test-guest",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Native => "container, gureum native isolation",
+            Kind::Runc => "container, runc",
+            Kind::Runsc => "container, gVisor runsc",
+            Kind::Sandbox => "container in a gureum microVM sandbox",
+            Kind::MicroVm => "gureum microVM: default kernel + initramfs to init",
+            Kind::QemuMicroVm => "QEMU microvm: same kernel + initramfs",
+            Kind::TestGuestVm => "gureum microVM: test guest (no Linux)",
+            Kind::QemuTestGuest => "QEMU microvm: test guest",
+        }
+    }
+
+    pub fn is_vm(self) -> bool {
+        !matches!(self, Kind::Native | Kind::Runc | Kind::Runsc)
+    }
+
+    /// The stdout line that marks the workload's (or the guest's init's) start.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Kind::MicroVm | Kind::QemuMicroVm => LINUX_MARK,
+            Kind::TestGuestVm | Kind::QemuTestGuest => TEST_GUEST_MARK,
+            _ => WORKLOAD_MARK,
+        }
+    }
+}
+
+/// Everything the commands are built from.
+pub struct Setup {
+    pub gureum: PathBuf,
+    pub bundle: PathBuf,
+    /// The same with `sleep 600` as the workload.
+    pub idle_bundle: PathBuf,
+    /// --root for gureum; runc and runsc get subdirectories of it.
+    pub state: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub test_guest: Option<PathBuf>,
+    pub kvm: KvmKind,
+}
+
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+impl Setup {
+    /// Why `kind` cannot run here, or None if it can.
+    pub fn skip_reason(&self, kind: Kind) -> Option<String> {
+        let pvm = "this host's KVM is PVM: a Linux guest's userspace cannot run here";
+        let missing = |p: &Path| {
+            (!p.exists()).then(|| format!("{} is not built (scripts/setup.sh)", p.display()))
+        };
+        match kind {
+            Kind::Native => None,
+            Kind::Runc if !installed("runc") => {
+                Some("runc is not installed (apt install runc)".into())
+            }
+            Kind::Runsc if !installed("runsc") => {
+                Some("gVisor's runsc is not installed (apt install runsc)".into())
+            }
+            Kind::Runc | Kind::Runsc => None,
+            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm if self.kvm == KvmKind::Pvm => {
+                Some(pvm.into())
+            }
+            Kind::QemuMicroVm | Kind::QemuTestGuest if !installed("qemu-system-x86_64") => {
+                Some("qemu-system-x86_64 is not installed".into())
+            }
+            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm => {
+                missing(&self.kernel).or_else(|| missing(&self.initramfs))
+            }
+            Kind::TestGuestVm | Kind::QemuTestGuest => match &self.test_guest {
+                None => Some("no --test-guest given".into()),
+                Some(p) => missing(p),
+            },
+        }
+    }
+
+    /// The command that starts instance `id` of `kind`; `idle` keeps it up (density runs).
+    pub fn command(&self, kind: Kind, id: &str, idle: bool) -> Command {
+        let bundle = if idle {
+            &self.idle_bundle
+        } else {
+            &self.bundle
+        };
+        let gureum = || {
+            let mut c = Command::new(&self.gureum);
+            c.arg("--root").arg(&self.state);
+            c
+        };
+        match kind {
+            Kind::Native | Kind::Sandbox => {
+                let mut c = gureum();
+                let isolation = if kind == Kind::Native { "native" } else { "vm" };
+                c.args(["--isolation", isolation, "run", "--bundle"])
+                    .arg(bundle)
+                    .arg(id);
+                c
+            }
+            Kind::Runc | Kind::Runsc => {
+                let tool = kind.name();
+                let mut c = Command::new(tool);
+                c.arg("--root").arg(self.state.join(tool));
+                c.args(["run", "--bundle"]).arg(bundle).arg(id);
+                c
+            }
+            Kind::MicroVm => {
+                let mut c = gureum();
+                c.arg("boot")
+                    .arg("--kernel")
+                    .arg(&self.kernel)
+                    .arg("--initrd")
+                    .arg(&self.initramfs);
+                c.args(["--phases", "--cmdline", &linux_cmdline(idle)]);
+                c
+            }
+            Kind::QemuMicroVm => qemu(
+                self.kvm,
+                &self.kernel,
+                Some(&self.initramfs),
+                &linux_cmdline(idle),
+            ),
+            Kind::TestGuestVm => {
+                let mut c = gureum();
+                c.arg("boot")
+                    .arg("--kernel")
+                    .arg(self.test_guest.as_deref().unwrap_or(Path::new("")));
+                c.args(["--phases", "--cmdline", test_guest_cmdline(idle)]);
+                c
+            }
+            Kind::QemuTestGuest => {
+                let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
+                qemu(self.kvm, kernel, None, test_guest_cmdline(idle))
+            }
+        }
+    }
+
+    /// How to stop an idle instance of `kind` that was started as `id`.
+    pub fn stop(&self, kind: Kind, id: &str, child: &mut std::process::Child) {
+        if matches!(
+            kind,
+            Kind::Native | Kind::Sandbox | Kind::Runc | Kind::Runsc
+        ) {
+            let mut c = match kind {
+                Kind::Runc | Kind::Runsc => {
+                    let mut c = Command::new(kind.name());
+                    c.arg("--root").arg(self.state.join(kind.name()));
+                    c
+                }
+                _ => {
+                    let mut c = Command::new(&self.gureum);
+                    c.arg("--root").arg(&self.state);
+                    c
+                }
+            };
+            let _ = c.args(["kill", id, "KILL"]).output();
+        } else {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+fn linux_cmdline(idle: bool) -> String {
+    let shell = if idle { "" } else { " gureum.shell=0" };
+    format!("console=ttyS0 reboot=k panic=1 pci=off nomodule quiet{shell}")
+}
+
+fn test_guest_cmdline(idle: bool) -> &'static str {
+    if idle {
+        "console=ttyS0 then=idle"
+    } else {
+        "console=ttyS0"
+    }
+}
+
+fn qemu(kvm: KvmKind, kernel: &Path, initrd: Option<&Path>, append: &str) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    // PVM does not offer the MSR behind arch-capabilities; QEMU would refuse to start.
+    let cpu = if kvm == KvmKind::Pvm {
+        "host,-arch-capabilities"
+    } else {
+        "host"
+    };
+    c.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        "-cpu",
+        cpu,
+    ]);
+    c.args([
+        "-m",
+        "128",
+        "-smp",
+        "1",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
+    c.args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4"]);
+    c.arg("-kernel").arg(kernel).args(["-append", append]);
+    if let Some(initrd) = initrd {
+        c.arg("-initrd").arg(initrd);
+    }
+    c
+}
+
+/// A busybox bundle at `dir` whose process prints the start mark and then execs the workload.
+pub fn write_bundle(dir: &Path, workload: &[String], idle: bool) -> std::io::Result<()> {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "etc", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    let busybox = rootfs.join("bin/busybox");
+    if !busybox.exists() {
+        std::fs::copy("/bin/busybox", &busybox)?;
+        let list = Command::new("/bin/busybox").arg("--list").output()?;
+        for name in String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|n| *n != "busybox")
+        {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(name));
+        }
+    }
+    let mut args = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!("echo {WORKLOAD_MARK}; exec \"$@\""),
+        "sh".to_string(),
+    ];
+    if idle {
+        args.extend(["sleep".to_string(), "600".to_string()]);
+    } else {
+        args.extend(workload.iter().cloned());
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
+                    "env": ["PATH=/bin"], "cwd": "/", "noNewPrivileges": true},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                 {"type": "uts"}, {"type": "mount"}]}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string())
+}

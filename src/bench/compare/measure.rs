@@ -1,0 +1,234 @@
+//! Timing one instance from outside (spawn → start mark → exit, CPU time from wait4), and a
+//! density run: K instances at once, launch time and host memory (PSS of each instance's
+//! process tree; for VMs that includes the guest pages they touched).
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::kinds::{Kind, Setup};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// One run of one kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Spawn → the start mark on stdout (workload started / guest init ready).
+    pub start_ms: Option<f64>,
+    /// Spawn → the process exited.
+    pub exit_ms: f64,
+    /// User + system CPU of the instance's processes.
+    pub cpu_ms: f64,
+    pub ok: bool,
+    /// gureum's own phases (ms since its start), where it prints them.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// Waits for `pid` up to `within`; its status and rusage, or None on timeout.
+fn wait_with_rusage(pid: i32, within: Duration) -> Option<(i32, libc::rusage)> {
+    // SAFETY: pidfd_open on our own child; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).unwrap_or(-1);
+    if fd >= 0 {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: polls one valid pollfd, then closes the fd we opened.
+        let ready = unsafe {
+            let r = libc::poll(&mut pfd, 1, ms);
+            libc::close(fd);
+            r
+        };
+        if ready == 0 {
+            return None;
+        }
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
+    // SAFETY: waits for our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    (r == pid).then_some((status, usage))
+}
+
+fn ms(tv: libc::timeval) -> f64 {
+    tv.tv_sec as f64 * 1e3 + tv.tv_usec as f64 / 1e3
+}
+
+/// Times one instance of `kind` run to completion.
+pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
+    let mut cmd = setup.command(kind, id, false);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    let pid = i32::try_from(child.id()).unwrap_or(-1);
+    let mark = kind.mark();
+    let stdout = child.stdout.take();
+    let marker = std::thread::spawn(move || {
+        let mut seen = None;
+        for line in stdout
+            .map(BufReader::new)
+            .into_iter()
+            .flat_map(|r| r.lines())
+        {
+            let Ok(line) = line else { break };
+            if seen.is_none() && line.contains(mark) {
+                seen = Some(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        seen
+    });
+    let mut stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let waited = wait_with_rusage(pid, DEADLINE);
+    let exit_ms = start.elapsed().as_secs_f64() * 1e3;
+    if waited.is_none() {
+        setup.stop(kind, id, &mut child);
+    }
+    let start_ms = marker.join().unwrap_or(None);
+    let stderr = errors.join().unwrap_or_default();
+    let (status, usage) = waited.unwrap_or((-1, zero_rusage()));
+    // QEMU ends through isa-debug-exit with an odd status; a VM's run counts by its mark.
+    let exited_ok = libc::WIFEXITED(status) && (libc::WEXITSTATUS(status) == 0 || kind.is_vm());
+    Ok(Sample {
+        ok: waited.is_some() && exited_ok && start_ms.is_some(),
+        start_ms,
+        exit_ms,
+        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+        phases: crate::bench::parse_phases(&stderr)
+            .into_iter()
+            .map(|(k, us)| (k, us / 1e3))
+            .collect(),
+    })
+}
+
+fn zero_rusage() -> libc::rusage {
+    // SAFETY: an all-zero rusage is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// K idle instances started at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Density {
+    pub instances: usize,
+    /// Spawn of the first → the start mark of the last.
+    pub launch_s: f64,
+    pub launch_rate_per_s: f64,
+    /// PSS of every process of every instance, divided by the instances.
+    pub memory_mib_per_instance: f64,
+    /// Instances that never showed their start mark.
+    pub failed: usize,
+}
+
+pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Result<Density> {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for i in 0..k {
+        let id = format!("{tag}-{i}");
+        let mut cmd = setup.command(kind, &id, true);
+        // stdin held open: an idle Linux guest's shell waits on it.
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let out = child.stdout.take();
+        let tx = tx.clone();
+        let mark = kind.mark();
+        std::thread::spawn(move || {
+            for line in out.map(BufReader::new).into_iter().flat_map(|r| r.lines()) {
+                let Ok(line) = line else { break };
+                if line.contains(mark) {
+                    let _ = tx.send(start.elapsed());
+                }
+            }
+        });
+        children.push((id, child));
+    }
+    drop(tx);
+    let mut last = Duration::ZERO;
+    let mut seen = 0;
+    while seen < k {
+        match rx.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
+            Ok(t) => {
+                last = last.max(t);
+                seen += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // Let the instances settle before reading their memory.
+    std::thread::sleep(Duration::from_millis(300));
+    let pss_kib: u64 = children
+        .iter()
+        .map(|(_, c)| tree_pss_kib(i32::try_from(c.id()).unwrap_or(-1)))
+        .sum();
+    for (id, child) in &mut children {
+        setup.stop(kind, id, child);
+    }
+    let launch_s = last.as_secs_f64();
+    Ok(Density {
+        instances: k,
+        launch_s,
+        launch_rate_per_s: if launch_s > 0.0 {
+            seen as f64 / launch_s
+        } else {
+            0.0
+        },
+        memory_mib_per_instance: pss_kib as f64 / 1024.0 / k.max(1) as f64,
+        failed: k - seen,
+    })
+}
+
+/// PSS (KiB) of `root` and every descendant.
+pub fn tree_pss_kib(root: i32) -> u64 {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(1))
+            .and_then(|p| p.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.iter().map(|&p| pss_kib(p)).sum()
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

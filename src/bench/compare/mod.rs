@@ -1,0 +1,213 @@
+//! `gureum bench compare`: the same workload as a native container, under runc and runsc, in a
+//! gureum microVM sandbox, and as bare microVMs under gureum and QEMU, run interleaved
+//! (A B C A B C ...) so drift on a shared machine hits all alike; then a density run of K idle
+//! instances of each. Writes compare.json (schema in docs/bench-compare.md), report.md and two
+//! SVG charts under --out.
+
+pub mod charts;
+pub mod kinds;
+pub mod measure;
+pub mod report;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use kinds::{ALL, Kind, Setup};
+use report::{Host, KindReport, Report};
+
+use crate::host_check::KvmKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--runs must be at least 1")]
+    NoRuns,
+    #[error("--workload must name a command")]
+    NoWorkload,
+    #[error("unknown kind {0:?} in --only (known: {1})")]
+    UnknownKind(String, String),
+    #[error("cannot {0}")]
+    Io(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Chart(#[from] charts::Error),
+}
+
+pub struct Options {
+    pub runs: usize,
+    pub workload: Vec<String>,
+    pub out: PathBuf,
+    /// Idle instances per kind started at once; 0 skips the density run.
+    pub density: usize,
+    pub test_guest: Option<PathBuf>,
+    /// Only these kinds (by name); empty means all.
+    pub only: Vec<String>,
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io(what.to_string(), e)
+}
+
+fn selected(only: &[String]) -> Result<Vec<Kind>, Error> {
+    for name in only {
+        if !ALL.iter().any(|k| k.name() == name) {
+            let known: Vec<_> = ALL.iter().map(|k| k.name()).collect();
+            return Err(Error::UnknownKind(name.clone(), known.join(", ")));
+        }
+    }
+    Ok(ALL
+        .into_iter()
+        .filter(|k| only.is_empty() || only.iter().any(|n| n == k.name()))
+        .collect())
+}
+
+fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
+    let (bundle, idle_bundle) = (work.join("bundle"), work.join("bundle-idle"));
+    kinds::write_bundle(&bundle, &opts.workload, false)
+        .map_err(io("write the benchmark bundle"))?;
+    kinds::write_bundle(&idle_bundle, &opts.workload, true)
+        .map_err(io("write the benchmark bundle"))?;
+    let (kernel, _) = crate::default_guest();
+    let initramfs = kernel.with_file_name("initramfs.cpio");
+    Ok(Setup {
+        gureum: std::env::current_exe().map_err(io("find gureum's own executable"))?,
+        bundle,
+        idle_bundle,
+        state: work.join("state"),
+        kernel,
+        initramfs,
+        test_guest: opts.test_guest.clone(),
+        kvm: crate::host_check::kvm_kind().0,
+    })
+}
+
+struct Progress {
+    done: usize,
+    total: usize,
+    show: bool,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        if self.show {
+            let width = 30;
+            let filled = width * self.done / self.total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{} {what:<28}",
+                "=".repeat(filled),
+                " ".repeat(width - filled),
+                self.done,
+                self.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.show {
+            eprintln!();
+        }
+    }
+}
+
+/// Runs the comparison and writes its files; returns the report.
+pub fn run(opts: &Options) -> Result<Report, Error> {
+    if opts.runs == 0 {
+        return Err(Error::NoRuns);
+    }
+    if opts.workload.is_empty() {
+        return Err(Error::NoWorkload);
+    }
+    let wanted = selected(&opts.only)?;
+    let work = opts.out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io("make the output directory"))?;
+    let setup = setup(opts, &work)?;
+    let (active, skipped): (Vec<Kind>, Vec<Kind>) = wanted
+        .iter()
+        .partition(|k| setup.skip_reason(**k).is_none());
+    let density_steps = if opts.density > 0 { active.len() } else { 0 };
+    let mut progress = Progress {
+        done: 0,
+        total: opts.runs * active.len() + density_steps,
+        show: std::io::stderr().is_terminal(),
+    };
+    let mut samples: Vec<Vec<measure::Sample>> = vec![Vec::new(); active.len()];
+    let tag = std::process::id();
+    for run in 0..opts.runs {
+        for (i, kind) in active.iter().enumerate() {
+            let id = format!("bench-{tag}-{}-{run}", kind.name());
+            samples[i].push(measure::one(&setup, *kind, &id).map_err(io("start an instance"))?);
+            progress.step(kind.name());
+        }
+    }
+    let mut densities = Vec::new();
+    for kind in &active {
+        let d = if opts.density > 0 {
+            let tag = format!("dense-{tag}-{}", kind.name());
+            let d = measure::density(&setup, *kind, opts.density, &tag)
+                .map_err(io("start instances"))?;
+            progress.step(&format!("{} ×{}", kind.name(), opts.density));
+            Some(d)
+        } else {
+            None
+        };
+        densities.push(d);
+    }
+    progress.finish();
+    let mut kinds: Vec<KindReport> = Vec::new();
+    for kind in &wanted {
+        if let Some(i) = active.iter().position(|k| k == kind) {
+            kinds.push(KindReport::measured(
+                kind.name(),
+                kind.label(),
+                samples[i].clone(),
+                densities[i].clone(),
+            ));
+        } else if skipped.contains(kind) {
+            kinds.push(KindReport::skipped(
+                kind.name(),
+                kind.label(),
+                setup.skip_reason(*kind).unwrap_or_default(),
+            ));
+        }
+    }
+    let pvm = setup.kvm == KvmKind::Pvm;
+    let report = Report {
+        schema: report::SCHEMA.into(),
+        host: host(setup.kvm),
+        runs: opts.runs,
+        workload: opts.workload.clone(),
+        claims: report::claims(&kinds, pvm),
+        kinds,
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    write_files(&report, &opts.out)?;
+    Ok(report)
+}
+
+fn host(kvm: KvmKind) -> Host {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let (kvm, note) = match kvm {
+        KvmKind::Pvm => (
+            "pvm",
+            "PVM host: guest kernels run emulated, so VM start-up here is bound by that emulation, not by the VMM; Linux-guest kinds cannot run and are skipped.",
+        ),
+        KvmKind::Hardware => ("hardware", "Hardware KVM."),
+        _ => ("none", "No usable KVM: VM kinds fail or are skipped."),
+    };
+    Host {
+        kvm: kvm.into(),
+        cpus,
+        note: note.into(),
+    }
+}
+
+fn write_files(report: &Report, out: &Path) -> Result<(), Error> {
+    let json = serde_json::to_string_pretty(report).unwrap_or_default();
+    std::fs::write(out.join("compare.json"), json).map_err(io("write compare.json"))?;
+    std::fs::write(out.join("report.md"), report::markdown(report))
+        .map_err(io("write report.md"))?;
+    charts::startup(report, &out.join("startup.svg"))?;
+    charts::memory(report, &out.join("memory.svg"))?;
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! The comparison's data (the stable JSON schema, documented in docs/bench-compare.md), its
+//! terminal table, and the Markdown report whose claims are computed from the data.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::measure::{Density, Sample};
+
+pub const SCHEMA: &str = "gureum-bench-compare/1";
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub median: f64,
+    pub p95: f64,
+}
+
+impl Stats {
+    /// None without samples: a missing value is never reported as zero.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(Self {
+            n: v.len(),
+            min: v[0],
+            median: crate::bench::percentile(&v, 50),
+            p95: crate::bench::percentile(&v, 95),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub name: String,
+    pub label: String,
+    /// "measured" or "skipped".
+    pub status: String,
+    pub skip_reason: Option<String>,
+    pub samples: Vec<Sample>,
+    pub failed_runs: usize,
+    pub start_ms: Option<Stats>,
+    pub exit_ms: Option<Stats>,
+    pub cpu_ms: Option<Stats>,
+    /// gureum's phases, median ms since gureum started, where it reports them.
+    pub phases_ms: Vec<(String, f64)>,
+    pub density: Option<Density>,
+}
+
+impl KindReport {
+    pub fn skipped(name: &str, label: &str, why: String) -> Self {
+        Self {
+            name: name.into(),
+            label: label.into(),
+            status: "skipped".into(),
+            skip_reason: Some(why),
+            samples: Vec::new(),
+            failed_runs: 0,
+            start_ms: None,
+            exit_ms: None,
+            cpu_ms: None,
+            phases_ms: Vec::new(),
+            density: None,
+        }
+    }
+
+    pub fn measured(
+        name: &str,
+        label: &str,
+        samples: Vec<Sample>,
+        density: Option<Density>,
+    ) -> Self {
+        let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
+        let stat = |f: &dyn Fn(&Sample) -> Option<f64>| {
+            Stats::of(&ok.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
+        };
+        let mut phase_names: Vec<String> = Vec::new();
+        for s in &ok {
+            for (k, _) in &s.phases {
+                if !phase_names.contains(k) {
+                    phase_names.push(k.clone());
+                }
+            }
+        }
+        let phases_ms = phase_names
+            .into_iter()
+            .filter_map(|k| {
+                let v: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|s| s.phases.iter().find(|(n, _)| *n == k).map(|p| p.1))
+                    .collect();
+                Stats::of(&v).map(|st| (k, st.median))
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            label: label.into(),
+            status: "measured".into(),
+            skip_reason: None,
+            failed_runs: samples.len() - ok.len(),
+            start_ms: stat(&|s| s.start_ms),
+            exit_ms: stat(&|s| Some(s.exit_ms)),
+            cpu_ms: stat(&|s| Some(s.cpu_ms)),
+            phases_ms,
+            samples,
+            density,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    /// "hardware", "pvm" or "none".
+    pub kvm: String,
+    pub cpus: usize,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    pub claim: String,
+    /// The ratio numerator / denominator of the medians named in `metric`; None if either
+    /// side was not measured.
+    pub factor: Option<f64>,
+    pub metric: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub target: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: String,
+    pub host: Host,
+    pub runs: usize,
+    pub workload: Vec<String>,
+    pub kinds: Vec<KindReport>,
+    pub claims: Vec<Claim>,
+}
+
+fn find<'a>(kinds: &'a [KindReport], name: &str) -> Option<&'a KindReport> {
+    kinds
+        .iter()
+        .find(|k| k.name == name && k.status == "measured")
+}
+
+type Metric = fn(&KindReport) -> Option<f64>;
+/// (claim, numerator kind, denominator kind, metric name, metric, target)
+type ClaimSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Metric,
+    Option<f64>,
+);
+
+fn exit_median(k: &KindReport) -> Option<f64> {
+    k.exit_ms.map(|s| s.median)
+}
+fn start_median(k: &KindReport) -> Option<f64> {
+    k.start_ms.map(|s| s.median)
+}
+/// A density run only counts if every instance came up.
+fn dense(k: &KindReport) -> Option<&Density> {
+    k.density.as_ref().filter(|d| d.failed == 0)
+}
+fn memory(k: &KindReport) -> Option<f64> {
+    dense(k).map(|d| d.memory_mib_per_instance)
+}
+fn rate(k: &KindReport) -> Option<f64> {
+    dense(k).map(|d| d.launch_rate_per_s)
+}
+
+/// The seed's claims and the issue's targets, each as a factor computed from the data.
+pub fn claims(kinds: &[KindReport], pvm: bool) -> Vec<Claim> {
+    let specs: [ClaimSpec; 9] = [
+        (
+            "containers start faster than VMs: VM sandbox start-to-exit / native container's",
+            "sandbox",
+            "native",
+            "exit_ms median",
+            exit_median,
+            None,
+        ),
+        (
+            "a sandboxed container starts nearly as fast as runc: sandbox / runc start-to-exit (target ≤ 1.5)",
+            "sandbox",
+            "runc",
+            "exit_ms median",
+            exit_median,
+            Some(1.5),
+        ),
+        (
+            "gureum's native isolation vs runc: start-to-exit",
+            "native",
+            "runc",
+            "exit_ms median",
+            exit_median,
+            None,
+        ),
+        (
+            "gureum boots faster than QEMU microvm: boot-to-init (target ≤ 0.5)",
+            "microvm",
+            "qemu-microvm",
+            "start_ms median",
+            start_median,
+            Some(0.5),
+        ),
+        (
+            "the same on the test guest (no Linux): gureum / QEMU microvm boot-to-guest",
+            "microvm-test-guest",
+            "qemu-microvm-test-guest",
+            "start_ms median",
+            start_median,
+            None,
+        ),
+        (
+            "containers are lighter than VMs: host memory per idle instance, sandbox / native",
+            "sandbox",
+            "native",
+            "memory_mib_per_instance",
+            memory,
+            None,
+        ),
+        (
+            "containers pack denser: launch rate of K at once, native / sandbox",
+            "native",
+            "sandbox",
+            "launch_rate_per_s",
+            rate,
+            None,
+        ),
+        (
+            "a VM with no Linux to boot (the test guest) vs a native container: start-to-exit",
+            "microvm-test-guest",
+            "native",
+            "exit_ms median",
+            exit_median,
+            None,
+        ),
+        (
+            "the same, host memory per idle instance",
+            "microvm-test-guest",
+            "native",
+            "memory_mib_per_instance",
+            memory,
+            None,
+        ),
+    ];
+    specs
+        .iter()
+        .map(|(claim, num, den, metric, f, target)| {
+            let (a, b) = (find(kinds, num).and_then(f), find(kinds, den).and_then(f));
+            let factor = match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            let mut note = match (factor, target) {
+                (None, _) => format!("not measured: {}", missing(kinds, num, den)),
+                (Some(x), Some(t)) if x <= *t => format!("target met ({x:.2} ≤ {t})"),
+                (Some(x), Some(t)) => format!("target missed ({x:.2} > {t})"),
+                (Some(_), None) => String::new(),
+            };
+            let vm_side = [num, den].iter().any(|n| ["sandbox", "microvm", "qemu-microvm"].contains(n));
+            if pvm && vm_side && factor.is_some() {
+                note.push_str(" — PVM host: VM start-up is bound by emulating the guest kernel; the ratios that matter are measured on hardware KVM");
+            }
+            Claim {
+                claim: claim.to_string(),
+                factor,
+                metric: metric.to_string(),
+                numerator: num.to_string(),
+                denominator: den.to_string(),
+                target: *target,
+                note,
+            }
+        })
+        .collect()
+}
+
+fn missing(kinds: &[KindReport], a: &str, b: &str) -> String {
+    [a, b]
+        .iter()
+        .filter_map(|n| {
+            let k = kinds.iter().find(|k| k.name == *n);
+            match k {
+                Some(k) if k.status == "measured" => None,
+                Some(k) => Some(format!(
+                    "{n} skipped ({})",
+                    k.skip_reason.clone().unwrap_or_default()
+                )),
+                None => Some(format!("{n} not run")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn cell(s: Option<Stats>) -> String {
+    s.map_or_else(
+        || "—".to_string(),
+        |s| format!("{:.1} / {:.1}", s.median, s.p95),
+    )
+}
+
+/// The terminal table: medians and p95s, and each kind's ratio to the native container.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "host KVM: {} ({} CPUs); {} runs per kind, interleaved; workload: {}\n{}\n",
+        r.host.kvm,
+        r.host.cpus,
+        r.runs,
+        r.workload.join(" "),
+        r.host.note
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>17} {:>17} {:>15} {:>9} {:>12}",
+        "kind",
+        "start ms (med/p95)",
+        "exit ms (med/p95)",
+        "cpu ms (med/p95)",
+        "× native",
+        "MiB/instance"
+    );
+    let native = find(&r.kinds, "native").and_then(exit_median);
+    for k in &r.kinds {
+        if k.status != "measured" {
+            let _ = writeln!(
+                out,
+                "{:<24} skipped: {}",
+                k.name,
+                k.skip_reason.clone().unwrap_or_default()
+            );
+            continue;
+        }
+        let ratio = match (exit_median(k), native) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "—".into(),
+        };
+        let mem = memory(k).map_or_else(|| "—".into(), |m| format!("{m:.2}"));
+        let failed = if k.failed_runs > 0 {
+            format!("  ({} failed)", k.failed_runs)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:>17} {:>17} {:>15} {:>9} {:>12}{failed}",
+            k.name,
+            cell(k.start_ms),
+            cell(k.exit_ms),
+            cell(k.cpu_ms),
+            ratio,
+            mem
+        );
+    }
+    out
+}
+
+/// The Markdown report: each claim with its measured factor, then the table and the phases.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::from("# gureum bench compare\n\n");
+    let _ = writeln!(
+        md,
+        "Host KVM: **{}**, {} CPUs. {}\n",
+        r.host.kvm, r.host.cpus, r.host.note
+    );
+    let _ = writeln!(
+        md,
+        "Workload `{}`, {} runs per kind, interleaved.\n\n## Claims\n",
+        r.workload.join(" "),
+        r.runs
+    );
+    md.push_str("| claim | factor | note |\n|---|---|---|\n");
+    for c in &r.claims {
+        let f = c.factor.map_or_else(|| "—".into(), |f| format!("{f:.2}×"));
+        let _ = writeln!(md, "| {} | {} | {} |", c.claim, f, c.note);
+    }
+    md.push_str("\n## Measurements\n\n```\n");
+    md.push_str(&table(r));
+    md.push_str("```\n");
+    for k in r.kinds.iter().filter(|k| !k.phases_ms.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n### Phases of {} (median ms since gureum started)\n",
+            k.name
+        );
+        for (name, v) in &k.phases_ms {
+            let _ = writeln!(md, "- {name}: {v:.2}");
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(exit_ms: f64, ok: bool) -> Sample {
+        Sample {
+            start_ms: Some(exit_ms / 2.0),
+            exit_ms,
+            cpu_ms: 1.0,
+            ok,
+            phases: vec![("vm_built".into(), 1.5)],
+        }
+    }
+
+    fn density(mib: f64, rate: f64) -> Density {
+        Density {
+            instances: 4,
+            launch_s: 4.0 / rate,
+            launch_rate_per_s: rate,
+            memory_mib_per_instance: mib,
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn stats_use_nearest_rank_and_nothing_is_none() {
+        let s = Stats::of(&[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!((s.n, s.min, s.median, s.p95), (5, 1.0, 3.0, 5.0));
+        assert_eq!(Stats::of(&[]), None);
+        assert_eq!(Stats::of(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn failed_runs_are_counted_not_averaged() {
+        let k = KindReport::measured(
+            "native",
+            "n",
+            vec![sample(10.0, true), sample(999.0, false), sample(20.0, true)],
+            None,
+        );
+        assert_eq!(k.failed_runs, 1);
+        assert_eq!(k.exit_ms.unwrap().p95, 20.0);
+        assert_eq!(k.phases_ms, vec![("vm_built".to_string(), 1.5)]);
+    }
+
+    #[test]
+    fn claims_are_computed_from_the_data_and_a_missing_peer_is_not_zero() {
+        let kinds = vec![
+            KindReport::measured(
+                "native",
+                "n",
+                vec![sample(10.0, true)],
+                Some(density(4.0, 100.0)),
+            ),
+            KindReport::measured("runc", "r", vec![sample(8.0, true)], None),
+            KindReport::measured(
+                "sandbox",
+                "s",
+                vec![sample(14.0, true)],
+                Some(density(20.0, 25.0)),
+            ),
+            KindReport::skipped("qemu-microvm", "q", "not installed".into()),
+        ];
+        let c = claims(&kinds, false);
+        let by = |num: &str, den: &str, metric: &str| {
+            c.iter()
+                .find(|c| c.numerator == num && c.denominator == den && c.metric == metric)
+                .unwrap()
+        };
+        assert_eq!(by("sandbox", "native", "exit_ms median").factor, Some(1.4));
+        let runc = by("sandbox", "runc", "exit_ms median");
+        assert_eq!(runc.factor, Some(1.75));
+        assert!(runc.note.starts_with("target missed"), "{}", runc.note);
+        assert_eq!(
+            by("sandbox", "native", "memory_mib_per_instance").factor,
+            Some(5.0)
+        );
+        assert_eq!(
+            by("native", "sandbox", "launch_rate_per_s").factor,
+            Some(4.0)
+        );
+        let qemu = by("microvm", "qemu-microvm", "start_ms median");
+        assert_eq!(qemu.factor, None);
+        assert!(
+            qemu.note.contains("qemu-microvm skipped (not installed)"),
+            "{}",
+            qemu.note
+        );
+        assert!(qemu.note.contains("microvm not run"), "{}", qemu.note);
+        // A PVM host flags the ratios that involve a Linux VM.
+        let pvm = claims(&kinds, true);
+        assert!(
+            pvm.iter()
+                .any(|c| c.factor.is_some() && c.note.contains("PVM host"))
+        );
+    }
+
+    #[test]
+    fn the_json_schema_has_its_documented_fields() {
+        let kinds = vec![
+            KindReport::measured(
+                "native",
+                "n",
+                vec![sample(10.0, true)],
+                Some(density(4.0, 100.0)),
+            ),
+            KindReport::skipped("sandbox", "s", "PVM".into()),
+        ];
+        let report = Report {
+            schema: SCHEMA.into(),
+            host: Host {
+                kvm: "pvm".into(),
+                cpus: 2,
+                note: String::new(),
+            },
+            runs: 1,
+            workload: vec!["true".into()],
+            claims: claims(&kinds, true),
+            kinds,
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["schema"], "gureum-bench-compare/1");
+        for key in ["host", "runs", "workload", "kinds", "claims"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        let native = &v["kinds"][0];
+        for key in [
+            "name",
+            "label",
+            "status",
+            "skip_reason",
+            "samples",
+            "failed_runs",
+            "start_ms",
+            "exit_ms",
+            "cpu_ms",
+            "phases_ms",
+            "density",
+        ] {
+            assert!(native.get(key).is_some(), "kinds[].{key}");
+        }
+        assert_eq!(native["exit_ms"]["median"], 10.0);
+        assert_eq!(native["density"]["memory_mib_per_instance"], 4.0);
+        let skipped = &v["kinds"][1];
+        assert_eq!(skipped["status"], "skipped");
+        assert!(skipped["exit_ms"].is_null() && skipped["density"].is_null());
+        for key in [
+            "claim",
+            "factor",
+            "metric",
+            "numerator",
+            "denominator",
+            "target",
+            "note",
+        ] {
+            assert!(v["claims"][0].get(key).is_some(), "claims[].{key}");
+        }
+        let md = markdown(&report);
+        assert!(
+            md.contains("| — | not measured: sandbox skipped (PVM)"),
+            "{md}"
+        );
+    }
+}

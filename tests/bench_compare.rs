@@ -1,0 +1,93 @@
+//! A short `gureum bench compare` (2 runs per kind, 2 instances for density) through the real
+//! binary: it measures what this host can run, reports the rest as skipped with a reason (never
+//! as zero), and writes all its files.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn a_short_comparison_writes_json_markdown_and_charts() {
+    let out = common::scratch("compare");
+    let guest = common::test_guest().to_str().unwrap().to_string();
+    let child = Command::new(common::GUREUM)
+        .args([
+            "bench",
+            "compare",
+            "--runs",
+            "2",
+            "--density",
+            "2",
+            "--test-guest",
+            &guest,
+        ])
+        .args(["--only", "native,runc,sandbox,microvm-test-guest"])
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = common::finish(child, Duration::from_secs(120));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert!(run.stdout.contains("× native"), "{}", run.describe());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], "gureum-bench-compare/1");
+    let kind = |name: &str| {
+        json["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let native = kind("native");
+    assert_eq!(native["status"], "measured");
+    assert_eq!(native["failed_runs"], 0, "{native}");
+    assert!(native["exit_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert!(
+        native["density"]["memory_mib_per_instance"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let vm = kind("microvm-test-guest");
+    assert_eq!(vm["status"], "measured");
+    assert!(vm["start_ms"]["median"].as_f64().unwrap() > 0.0);
+    let sandbox = kind("sandbox");
+    if common::host_is_pvm() {
+        assert_eq!(sandbox["status"], "skipped");
+        assert!(sandbox["skip_reason"].as_str().unwrap().contains("PVM"));
+        assert!(
+            sandbox["exit_ms"].is_null(),
+            "a skipped kind has no numbers, not zeros"
+        );
+    } else {
+        assert_eq!(sandbox["status"], "measured", "{sandbox}");
+    }
+    assert_eq!(
+        json["host"]["kvm"],
+        if common::host_is_pvm() {
+            "pvm"
+        } else {
+            "hardware"
+        }
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for claim in json["claims"].as_array().unwrap() {
+        assert!(md.contains(claim["claim"].as_str().unwrap()), "{md}");
+    }
+    for svg in ["startup.svg", "memory.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("native"), "{svg}");
+    }
+    assert!(
+        !out.join("work").exists(),
+        "the work directory is left behind"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
