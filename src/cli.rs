@@ -80,6 +80,10 @@ pub enum Command {
         /// Give the process a terminal (as process.terminal: true).
         #[arg(short, long)]
         tty: bool,
+        /// Print the run's phases on stderr at exit (µs since gureum started): created,
+        /// started, exited, torn_down; in a microVM also vmm_spawned and agent_ready.
+        #[arg(long)]
+        phases: bool,
         /// Run an OCI image instead of a bundle: an image layout directory or a `docker save`
         /// tarball. Its Entrypoint, Cmd, Env, WorkingDir and User apply; layers are cached.
         #[arg(long, value_name = "PATH", conflicts_with = "bundle")]

@@ -124,10 +124,13 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
         Command::Run {
             create,
             tty,
+            phases,
             image,
             command,
         } => {
-            let opts = create_options(&create, tty);
+            let mut opts = create_options(&create, tty);
+            let since_main = u64::try_from(start.elapsed().as_micros()).unwrap_or(0);
+            opts.phases_since = phases.then(|| container::state::monotonic_us() - since_main);
             Ok(match image {
                 Some(path) => container::run_image(&g, &create.id, &path, &command, &opts)?,
                 None => container::run(&g, &create.id, &create.bundle, &opts)?,
@@ -170,6 +173,7 @@ fn create_options(args: &cli::CreateArgs, tty: bool) -> container::CreateOptions
         pid_file: args.pid_file.clone(),
         console_socket: args.console_socket.clone(),
         tty,
+        phases_since: None,
     }
 }
 

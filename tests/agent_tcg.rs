@@ -108,15 +108,27 @@ fn run_in_tcg(spec: &RunSpec) -> (i32, Vec<u8>, Vec<u8>, Duration) {
     (ended.status, out, err, total)
 }
 
+/// The process settings of a bundle's config.json, as gureum reads them (oci-spec), with the
+/// bundle's root on the guest's first disk.
 fn container(args: &[&str]) -> RunSpec {
-    RunSpec {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: vec!["PATH=/bin".into(), "GREETING=from-the-bundle".into()],
-        cwd: "/".into(),
-        root: Some("/dev/vda".into()),
-        readonly: true,
-        ..Default::default()
-    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "env": ["PATH=/bin", "GREETING=from-the-bundle"], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0},
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 77, "hard": 77}]},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "tcg-box"
+    });
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(config).unwrap();
+    let mut run = gureum_agent::oci::process_settings(spec.process().as_ref().unwrap()).unwrap();
+    run.root = Some("/dev/vda".into());
+    run.readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    run.hostname.clone_from(spec.hostname());
+    run
 }
 
 #[test]
@@ -125,7 +137,8 @@ fn a_container_process_runs_in_our_guest_under_tcg() {
         "/bin/busybox",
         "sh",
         "-c",
-        "echo hello $GREETING; /bin/busybox ls /; echo oops >&2; exit 42",
+        "echo hello $GREETING; /bin/busybox ls /; /bin/busybox hostname; ulimit -n; \
+         echo oops >&2; exit 42",
     ]);
     let (status, out, err, total) = run_in_tcg(&spec);
     let out = String::from_utf8_lossy(&out);
@@ -133,6 +146,8 @@ fn a_container_process_runs_in_our_guest_under_tcg() {
     assert!(out.starts_with("hello from-the-bundle\n"), "{out}");
     // The process saw the bundle's root filesystem, not the initramfs.
     assert!(out.contains("bin") && out.contains("lost+found"), "{out}");
+    // The bundle's hostname and rlimits were applied.
+    assert!(out.contains("\ntcg-box\n77\n"), "{out}");
     assert_eq!(err, b"oops\n");
     eprintln!("TCG: QEMU start to the container's exit status: {total:?}");
 }

@@ -5,135 +5,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{GUREUM, Output, busybox_rootfs, finish, scratch};
-
-/// A bundle with a static busybox as its rootfs and `process` merged into a default config.
-struct Bundle {
-    dir: PathBuf,
-    root: PathBuf,
-    isolation: &'static str,
-}
-
-/// The isolations to run each case in: natively always, in a microVM where the host can run
-/// our Linux guest (not on a PVM host, where `microvm_isolation_...` checks the refusal).
-fn isolations() -> Vec<&'static str> {
-    if common::host_is_pvm() {
-        eprintln!("microVM isolation not run here: this host's KVM is PVM");
-        vec!["native"]
-    } else {
-        vec!["native", "vm"]
-    }
-}
-
-impl Bundle {
-    fn new(tag: &str, process: serde_json::Value) -> Self {
-        Self::with_isolation(tag, process, "native")
-    }
-
-    fn with_isolation(tag: &str, process: serde_json::Value, isolation: &'static str) -> Self {
-        let dir = scratch(tag);
-        busybox_rootfs(&dir.join("rootfs"));
-        let bundle = Self {
-            root: dir.join("state"),
-            dir,
-            isolation,
-        };
-        bundle.config(process, |_| {});
-        bundle
-    }
-
-    /// Writes config.json: runc's default spec shape with `process` merged in.
-    fn config(&self, process: serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) {
-        let mut p = serde_json::json!({
-            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-            "env": ["PATH=/bin", "TERM=xterm"], "args": ["true"],
-        });
-        for (k, v) in process.as_object().unwrap() {
-            p[k] = v.clone();
-        }
-        let mut config = serde_json::json!({
-            "ociVersion": "1.0.2", "process": p,
-            "root": {"path": "rootfs", "readonly": false}, "hostname": "gureum-test",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                 "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-            ],
-            "linux": {
-                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                               {"type": "uts"}, {"type": "mount"}],
-                "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 100}},
-                "maskedPaths": ["/proc/kcore", "/proc/keys"],
-                "readonlyPaths": ["/proc/sys"]
-            }
-        });
-        edit(&mut config);
-        std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
-    }
-
-    /// `gureum --root STATE --isolation ISOLATION ARGS...` (bundle flags are the caller's).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(GUREUM);
-        cmd.arg("--root")
-            .arg(&self.root)
-            .args(["--isolation", self.isolation])
-            .args(args);
-        cmd
-    }
-
-    fn gureum(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, Duration::from_secs(30))
-    }
-
-    /// `gureum run` of this bundle as container `id`.
-    fn run(&self, id: &str) -> Output {
-        let bundle = self.dir.to_str().unwrap().to_string();
-        self.gureum(&["run", "--bundle", &bundle, id])
-    }
-
-    /// Nothing of container `id` is left: state, cgroups, processes, mounts.
-    fn assert_gone(&self, id: &str) {
-        assert!(!self.root.join(id).exists(), "state of {id} left behind");
-        for c in ["memory", "pids", "cpu"] {
-            let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);
-            assert!(!cg.exists(), "{} left behind", cg.display());
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let rootfs = self.dir.join("rootfs");
-        assert!(
-            !mounts.contains(rootfs.to_str().unwrap()),
-            "a mount of {id} left behind"
-        );
-    }
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn id(tag: &str) -> String {
-    format!("{tag}-{}", std::process::id())
-}
+use common::bundle::{Bundle, id, isolations, wait_for_status};
+use common::{GUREUM, finish};
 
 #[test]
 fn echo_and_exit_codes_and_a_missing_executable() {
@@ -255,24 +131,6 @@ fn signals(isolation: &'static str) {
     b.assert_gone(&id("kill"));
 }
 
-fn wait_for_status(b: &Bundle, id: &str, want: &str) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let out = b.gureum(&["state", id]);
-        if let Ok(state) = serde_json::from_str::<serde_json::Value>(&out.stdout)
-            && state["status"] == want
-        {
-            return state;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{id} never {want}: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn process_settings_are_applied() {
     let script = "echo env=$GREETING; echo cwd=$(pwd); echo id=$(id -u):$(id -g); \
@@ -379,70 +237,6 @@ fn lifecycle(isolation: &'static str) {
         "{}",
         gone.describe()
     );
-}
-
-#[test]
-fn a_tty_session_echoes_typed_input() {
-    let b = Bundle::new("tty", serde_json::json!({"args": ["sh"], "terminal": true}));
-    let (mut master, slave) = (0, 0);
-    let mut slave_fd = slave;
-    // SAFETY: openpty writes two fds; NULL name, termios and winsize are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave_fd,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave_fd)) };
-    let bundle = b.dir.to_str().unwrap().to_string();
-    let child = b
-        .command(&["run", "--bundle", &bundle, &id("tty")])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(slave);
-    let mut m = std::fs::File::from(master);
-    let mut reader = m.try_clone().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let has = |s: &str| String::from_utf8_lossy(&seen.lock().unwrap()).contains(s);
-    let until = |s: &str| {
-        let start = Instant::now();
-        while !has(s) && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        has(s)
-    };
-    m.write_all(b"echo $((6*7))-$(tty)\n").unwrap();
-    assert!(
-        until("echo $((6*7))"),
-        "typed input not echoed: {:?}",
-        String::from_utf8_lossy(&seen.lock().unwrap())
-    );
-    assert!(
-        until("42-"),
-        "no answer: {:?}",
-        String::from_utf8_lossy(&seen.lock().unwrap())
-    );
-    m.write_all(b"exit 5\n").unwrap();
-    let out = finish(child, Duration::from_secs(10));
-    assert_eq!(out.code, Some(5), "{}", out.describe());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bundle::{Bundle, Isolation, Process};
 use cgroup::Cgroup;
-use native::wait::{HeldSignals, open_pty, wait};
+use native::wait::{HeldSignals, wait};
 use state::{Record, Status, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,8 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub tty: bool,
+    /// Print the run's phases at exit, in µs since this CLOCK_MONOTONIC time (gureum's main).
+    pub phases_since: Option<u64>,
 }
 
 /// Removes what a failed create made (cgroup, state directory) unless disarmed.
@@ -113,9 +115,8 @@ pub fn create(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> 
     if bundle.process.terminal && opts.console_socket.is_none() {
         return Err(Error::NoConsoleSocket);
     }
-    let pty = make_pty(&bundle.process)?;
-    let pid = create_with(g, id, &bundle, opts, pty.as_ref().map(|(_, s)| s))?;
-    if let (Some((master, _)), Some(socket)) = (pty, &opts.console_socket) {
+    let (pid, master) = create_with(g, id, &bundle, opts)?;
+    if let (Some(master), Some(socket)) = (master, &opts.console_socket) {
         send_console(socket, &master)?;
     }
     Ok(pid)
@@ -128,20 +129,12 @@ fn terminal(g: &Global, bundle: &mut Bundle, opts: &CreateOptions) -> Result<(),
     Ok(())
 }
 
-fn make_pty(p: &Process) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
-    p.terminal
-        .then(open_pty)
-        .transpose()
-        .map_err(|e| Error::Io("open a pty".into(), e))
-}
-
 fn create_with(
     g: &Global,
     id: &str,
     bundle: &Bundle,
     opts: &CreateOptions,
-    pty_slave: Option<&OwnedFd>,
-) -> Result<i32, Error> {
+) -> Result<(i32, Option<OwnedFd>), Error> {
     let isolation = isolation(g, bundle)?;
     if isolation == Isolation::Vm {
         vm::check_host()?;
@@ -164,19 +157,19 @@ fn create_with(
         process: bundle.process.clone(),
     };
     store.save(&record)?;
-    let pid = match isolation {
+    let (pid, master) = match isolation {
         Isolation::Native => {
             let cgroup = Cgroup::create(id, &bundle.resources)?;
-            native::create(bundle, &dir, &cgroup, pty_slave.map(AsRawFd::as_raw_fd))?
+            native::create(bundle, &dir, &cgroup, bundle.process.terminal)?
         }
-        Isolation::Vm => vm::create(bundle, &dir)?,
+        Isolation::Vm => (vm::create(bundle, &dir)?, None),
     };
     record.pid = pid;
     record.pid_start = state::start_time(pid).unwrap_or_default();
     store.save(&record)?;
     write_pid_file(opts.pid_file.as_deref(), pid)?;
     undo.armed = false;
-    Ok(pid)
+    Ok((pid, master))
 }
 
 /// Sends the pty master to the console socket (runc's protocol: one SCM_RIGHTS message).
@@ -239,12 +232,12 @@ fn expect(store: &Store, record: &Record, want: Status) -> Result<(), Error> {
 pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Result<i32, Error> {
     let mut bundle = Bundle::load(bundle_dir)?;
     terminal(g, &mut bundle, opts)?;
-    let pty = make_pty(&bundle.process)?;
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let pid = create_with(g, id, &bundle, opts, pty.as_ref().map(|(_, s)| s))?;
-    let master = pty.map(|(m, _slave)| m);
+    let (pid, master) = create_with(g, id, &bundle, opts)?;
+    let mut phases = vec![("created", state::monotonic_us())];
     let store = Store::new(&g.root);
     let started = native::start(&store.dir(id));
+    phases.push(("started", state::monotonic_us()));
     let code = match started {
         Ok(()) => wait(pid, &signals, master.as_ref()),
         Err(e) => {
@@ -254,7 +247,19 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
             return Err(e.into());
         }
     };
+    phases.push(("exited", state::monotonic_us()));
+    let sandbox = vm::phases(&store.dir(id));
     destroy(&store, &store.load(id)?);
+    phases.push(("torn_down", state::monotonic_us()));
+    if let Some(main_us) = opts.phases_since {
+        phases.extend(sandbox);
+        phases.sort_by_key(|p| p.1);
+        let line: String = phases
+            .iter()
+            .map(|(name, at)| format!(" {name}_us={}", at.saturating_sub(main_us)))
+            .collect();
+        eprintln!("gureum-phases{line}");
+    }
     Ok(code)
 }
 
@@ -422,15 +427,12 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
     if record.isolation == Isolation::Vm {
         return Ok(vm::exec(&store.dir(id), &process)?);
     }
-    let pty = make_pty(&process)?;
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let slave = pty.as_ref().map(|(_, s)| s.as_raw_fd());
-    let pid = native::exec(record.pid, &process, &Cgroup::of(id), slave)?;
+    let (pid, master) = native::exec(record.pid, &process, &Cgroup::of(id), process.terminal)?;
     write_pid_file(opts.pid_file.as_deref(), pid)?;
     if opts.detach {
         return Ok(0);
     }
-    let master = pty.map(|(m, _slave)| m);
     Ok(wait(pid, &signals, master.as_ref()))
 }
 

@@ -211,6 +211,15 @@ pub fn alive(pid: i32, started: u64) -> bool {
     start_time(pid) == Some(started)
 }
 
+/// CLOCK_MONOTONIC in microseconds: comparable across gureum's processes (monitor, run).
+pub fn monotonic_us() -> u64 {
+    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
+    let mut t = unsafe { std::mem::zeroed::<libc::timespec>() };
+    // SAFETY: clock_gettime with a valid clock and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0) / 1000
+}
+
 /// Now as RFC 3339 UTC, without a date crate: civil-from-days (Howard Hinnant's algorithm).
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()

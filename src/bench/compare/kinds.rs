@@ -142,7 +142,7 @@ impl Setup {
             Kind::Native | Kind::Sandbox => {
                 let mut c = gureum();
                 let isolation = if kind == Kind::Native { "native" } else { "vm" };
-                c.args(["--isolation", isolation, "run", "--bundle"])
+                c.args(["--isolation", isolation, "run", "--phases", "--bundle"])
                     .arg(bundle)
                     .arg(id);
                 c

@@ -111,7 +111,7 @@ pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
         cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
         phases: crate::bench::parse_phases(&stderr)
             .into_iter()
-            .map(|(k, us)| (k, us / 1e3))
+            .filter_map(|(k, us)| Some((k.strip_suffix("_us")?.to_string(), us / 1e3)))
             .collect(),
     })
 }

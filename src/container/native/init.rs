@@ -5,7 +5,7 @@
 //! ignore SIGTERM (the kernel drops default-action signals to a namespace's init).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::mounts;
@@ -21,19 +21,8 @@ pub struct Plan<'a> {
     pub new_uts_ns: bool,
     /// The container's state directory, whose exec.fifo the init opens to wait for `start`.
     pub state_dir: OwnedFd,
-    /// The pty's slave end, made the process's stdin, stdout and stderr (process.terminal).
-    pub pty_slave: Option<RawFd>,
-}
-
-/// Makes `fd` this process's stdin, stdout and stderr.
-pub fn use_as_stdio(fd: RawFd) -> Result<(), Failure> {
-    for target in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors of this (child) process.
-        if unsafe { libc::dup2(fd, target) } < 0 {
-            return Err((1, format!("cannot attach the terminal: {}", os_err())));
-        }
-    }
-    Ok(())
+    /// Open a pty in the container and make it the process's stdio (process.terminal).
+    pub terminal: bool,
 }
 
 /// A failure to report: the exit status a shell would give, and one line.
@@ -49,21 +38,8 @@ pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
     if n != 1 {
         exit(1);
     }
-    let prepared = match plan.pty_slave {
-        Some(fd) => use_as_stdio(fd).and_then(|()| prepare(plan)),
-        None => prepare(plan),
-    };
-    let exe = match prepared {
-        Ok(exe) => exe,
-        Err((code, msg)) => {
-            let mut frame = vec![b'E'];
-            frame.extend_from_slice(&code.to_le_bytes());
-            frame.extend_from_slice(msg.as_bytes());
-            let _ = write_all(report.as_raw_fd(), &frame);
-            exit(1);
-        }
-    };
-    let _ = write_all(report.as_raw_fd(), b"R");
+    let exe = prepare(plan).unwrap_or_else(|f| fail(&report, f));
+    ready(&report, plan.terminal);
     drop(report);
     // Block until `start` opens the fifo for reading.
     // SAFETY: openat on a directory fd we own with a NUL-terminated name.
@@ -81,6 +57,29 @@ pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
     unsafe { libc::close(fifo) };
     let process = &plan.bundle.process;
     shim(&exe, process)
+}
+
+/// Reports a failure to gureum and ends this process.
+pub fn fail(report: &OwnedFd, (code, msg): Failure) -> ! {
+    let mut frame = vec![b'E'];
+    frame.extend_from_slice(&code.to_le_bytes());
+    frame.extend_from_slice(msg.as_bytes());
+    let _ = write_all(report.as_raw_fd(), &frame);
+    exit(1)
+}
+
+/// Reports ready; with `terminal`, first opens the container's pty and sends its master along.
+pub fn ready(report: &OwnedFd, terminal: bool) {
+    if !terminal {
+        let _ = write_all(report.as_raw_fd(), b"R");
+        return;
+    }
+    match super::pty::open_in_container() {
+        Ok(master) => {
+            let _ = super::pty::send(report.as_raw_fd(), b"R", Some(master.as_raw_fd()));
+        }
+        Err(msg) => fail(report, (1, msg)),
+    }
 }
 
 fn exit(code: i32) -> ! {

@@ -6,18 +6,19 @@
 
 mod init;
 pub mod mounts;
+mod pty;
 pub mod sys;
 pub mod wait;
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use oci_spec::runtime::LinuxNamespaceType;
 
 use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
-use sys::{os_err, pipe, read_to_end, write_all};
+use sys::{os_err, pipe, write_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,8 +88,8 @@ pub fn create(
     bundle: &Bundle,
     state_dir: &Path,
     cgroup: &Cgroup,
-    pty_slave: Option<RawFd>,
-) -> Result<i32, Error> {
+    terminal: bool,
+) -> Result<(i32, Option<OwnedFd>), Error> {
     let fifo =
         CString::new(state_dir.join("exec.fifo").as_os_str().as_encoded_bytes()).map_err(|_| {
             Error::Sys(
@@ -118,10 +119,10 @@ pub fn create(
         new_mount_ns: flags & libc::CLONE_NEWNS != 0,
         new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
         state_dir: open_dir(state_dir)?,
-        pty_slave,
+        terminal,
     };
     let (go_r, go_w) = pipe().map_err(sys("make a pipe"))?;
-    let (report_r, report_w) = pipe().map_err(sys("make a pipe"))?;
+    let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
     let clone_flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or_default();
     // SAFETY: a fork-like clone (no new stack) from a single-threaded process; the child runs
     // only container_init, which never returns.
@@ -146,7 +147,7 @@ pub fn create(
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
     }
-    result.map(|()| pid)
+    result.map(|master| (pid, master))
 }
 
 /// Parent's half of set-up: id maps, cgroup, go-ahead, then the init's report.
@@ -156,13 +157,13 @@ fn admit(
     cgroup: &Cgroup,
     go: &OwnedFd,
     report: &OwnedFd,
-) -> Result<(), Error> {
+) -> Result<Option<OwnedFd>, Error> {
     write_id_maps(bundle, pid)?;
     cgroup.add(pid)?;
     write_all(go.as_raw_fd(), b"G").map_err(sys("start the container's init"))?;
-    let answer = read_to_end(report).map_err(sys("read the container's init"))?;
+    let (answer, master) = pty::receive(report).map_err(sys("read the container's init"))?;
     match answer.split_first() {
-        Some((b'R', _)) => Ok(()),
+        Some((b'R', _)) => Ok(master),
         Some((b'E', rest)) if rest.len() >= 4 => {
             let (code, msg) = rest.split_at(4);
             let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
@@ -240,8 +241,8 @@ pub fn exec(
     init_pid: i32,
     process: &Process,
     cgroup: &Cgroup,
-    pty_slave: Option<RawFd>,
-) -> Result<i32, Error> {
+    terminal: bool,
+) -> Result<(i32, Option<OwnedFd>), Error> {
     let mut namespaces = Vec::new();
     for (name, flag) in [
         ("user", libc::CLONE_NEWUSER),
@@ -271,21 +272,18 @@ pub fn exec(
             ));
         }
     }
-    let (report_r, report_w) = pipe().map_err(sys("make a pipe"))?;
+    let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
     // SAFETY: fork in a single-threaded process; the child execs or exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         drop(report_r);
-        if let Some(fd) = pty_slave {
-            let _ = init::use_as_stdio(fd);
-        }
-        exec_child(&namespaces, process, cgroup, &report_w);
+        exec_child(&namespaces, process, cgroup, report_w, terminal);
     }
     drop(report_w);
     if pid < 0 {
         return Err(Error::Sys("fork".into(), os_err()));
     }
-    let answer = read_to_end(&report_r).map_err(sys("read the exec'd process"))?;
+    let (answer, master) = pty::receive(&report_r).map_err(sys("read the exec'd process"))?;
     if let Some((b'E', rest)) = answer.split_first().filter(|_| answer.len() >= 5) {
         let (code, msg) = rest.split_at(4);
         // SAFETY: reaps our own child, which has exited after reporting.
@@ -295,23 +293,17 @@ pub fn exec(
             msg: String::from_utf8_lossy(msg).into_owned(),
         });
     }
-    Ok(pid)
+    Ok((pid, master))
 }
 
 fn exec_child(
     namespaces: &[(libc::c_int, OwnedFd)],
     p: &Process,
     cgroup: &Cgroup,
-    report: &OwnedFd,
+    report: OwnedFd,
+    terminal: bool,
 ) -> ! {
-    let fail = |(code, msg): init::Failure| -> ! {
-        let mut frame = vec![b'E'];
-        frame.extend_from_slice(&code.to_le_bytes());
-        frame.extend_from_slice(msg.as_bytes());
-        let _ = write_all(report.as_raw_fd(), &frame);
-        // SAFETY: ends the child.
-        unsafe { libc::_exit(1) }
-    };
+    let fail = |f: init::Failure| -> ! { init::fail(&report, f) };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     if let Err(e) = cgroup.add(me) {
@@ -327,5 +319,9 @@ fn exec_child(
         }
     }
     let exe = init::check_process(p).unwrap_or_else(|f| fail(f));
+    if terminal {
+        init::ready(&report, true);
+    }
+    drop(report);
     init::exec_process(&exe, p)
 }

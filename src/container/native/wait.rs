@@ -156,27 +156,3 @@ fn copy_winsize(master: RawFd) {
         }
     }
 }
-
-/// A new pty pair: (master, slave).
-pub fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two fds; NULL name, termios and winsize are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(os_err());
-    }
-    // SAFETY: fresh fds nobody else owns; the master must not leak into the container.
-    unsafe {
-        libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK);
-        Ok((OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)))
-    }
-}

@@ -19,6 +19,7 @@ use gureum_agent::client;
 
 use super::bundle::{Bundle, Process};
 use super::native::sys::{pipe, read_to_end, write_all};
+use super::state::monotonic_us;
 use crate::host_check::KvmKind;
 
 /// The guest port the agent listens on.
@@ -170,6 +171,7 @@ fn monitor(mut vmm: Command, bundle: &Bundle, dir: &Path, report: OwnedFd) -> ! 
     let mut child = vmm
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot run the VMM: {e}")));
+    let spawned = monotonic_us();
     let uds = dir.join("vsock.sock");
     let conn = match connect(&uds, &mut child, Duration::from_secs(10)) {
         Ok(conn) => conn,
@@ -179,6 +181,8 @@ fn monitor(mut vmm: Command, bundle: &Bundle, dir: &Path, report: OwnedFd) -> ! 
             fail(format!("{why} (console: {})", log.display()))
         }
     };
+    let phases = format!("vmm_spawned={spawned} agent_ready={}\n", monotonic_us());
+    let _ = std::fs::write(dir.join("phases"), phases);
     let _ = write_all(report.as_raw_fd(), b"R");
     drop(report);
     // Wait for `start`.
@@ -277,4 +281,20 @@ pub fn exec(dir: &Path, process: &Process) -> Result<i32, Error> {
     let mut spec = process.clone();
     spec.root = Some("/dev/vda".into());
     Ok(relay(conn, &spec))
+}
+
+/// The monitor's phases (CLOCK_MONOTONIC µs): VMM spawned, agent answering.
+pub fn phases(dir: &Path) -> Vec<(&'static str, u64)> {
+    let text = std::fs::read_to_string(dir.join("phases")).unwrap_or_default();
+    let get = |key: &str| {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    [
+        ("vmm_spawned", get("vmm_spawned")),
+        ("agent_ready", get("agent_ready")),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect()
 }

@@ -1,0 +1,148 @@
+//! A busybox OCI bundle for container tests, and the `gureum` commands that run it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{GUREUM, Output, busybox_rootfs, finish, scratch};
+
+/// A bundle with a static busybox as its rootfs and `process` merged into a default config.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub isolation: &'static str,
+}
+
+/// The isolations to run each case in: natively always, in a microVM where the host can run
+/// our Linux guest (not on a PVM host, where `microvm_isolation_...` checks the refusal).
+pub fn isolations() -> Vec<&'static str> {
+    if super::host_is_pvm() {
+        eprintln!("microVM isolation not run here: this host's KVM is PVM");
+        vec!["native"]
+    } else {
+        vec!["native", "vm"]
+    }
+}
+
+impl Bundle {
+    pub fn new(tag: &str, process: serde_json::Value) -> Self {
+        Self::with_isolation(tag, process, "native")
+    }
+
+    pub fn with_isolation(tag: &str, process: serde_json::Value, isolation: &'static str) -> Self {
+        let dir = scratch(tag);
+        busybox_rootfs(&dir.join("rootfs"));
+        let bundle = Self {
+            root: dir.join("state"),
+            dir,
+            isolation,
+        };
+        bundle.config(process, |_| {});
+        bundle
+    }
+
+    /// Writes config.json: runc's default spec shape with `process` merged in.
+    pub fn config(&self, process: serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut p = serde_json::json!({
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "env": ["PATH=/bin", "TERM=xterm"], "args": ["true"],
+        });
+        for (k, v) in process.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        let mut config = serde_json::json!({
+            "ociVersion": "1.0.2", "process": p,
+            "root": {"path": "rootfs", "readonly": false}, "hostname": "gureum-test",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                               {"type": "uts"}, {"type": "mount"}],
+                "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 100}},
+                "maskedPaths": ["/proc/kcore", "/proc/keys"],
+                "readonlyPaths": ["/proc/sys"]
+            }
+        });
+        edit(&mut config);
+        std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
+    }
+
+    /// `gureum --root STATE --isolation ISOLATION ARGS...` (bundle flags are the caller's).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(GUREUM);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(["--isolation", self.isolation])
+            .args(args);
+        cmd
+    }
+
+    pub fn gureum(&self, args: &[&str]) -> Output {
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        finish(child, Duration::from_secs(30))
+    }
+
+    /// `gureum run` of this bundle as container `id`.
+    pub fn run(&self, id: &str) -> Output {
+        let bundle = self.dir.to_str().unwrap().to_string();
+        self.gureum(&["run", "--bundle", &bundle, id])
+    }
+
+    /// Nothing of container `id` is left: state, cgroups, processes, mounts.
+    pub fn assert_gone(&self, id: &str) {
+        assert!(!self.root.join(id).exists(), "state of {id} left behind");
+        for c in ["memory", "pids", "cpu"] {
+            let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);
+            assert!(!cg.exists(), "{} left behind", cg.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let rootfs = self.dir.join("rootfs");
+        assert!(
+            !mounts.contains(rootfs.to_str().unwrap()),
+            "a mount of {id} left behind"
+        );
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn id(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+pub fn wait_for_status(b: &Bundle, id: &str, want: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let out = b.gureum(&["state", id]);
+        if let Ok(state) = serde_json::from_str::<serde_json::Value>(&out.stdout)
+            && state["status"] == want
+        {
+            return state;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{id} never {want}: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
