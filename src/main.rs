@@ -18,8 +18,6 @@ mod vmm;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-
 use crate::cli::{BenchCommand, BootArgs, Cli, Command};
 use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
 use crate::host_check::KvmKind;
@@ -77,7 +75,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn main() {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let cli = Cli::parse_fast();
     let log = cli.log.clone();
     let json_log = cli.log_format == "json";
     let code = match run(cli, start) {
