@@ -370,3 +370,33 @@ fn microvm_isolation_runs_where_the_host_can_run_linux() {
     }
     b.assert_gone(&id("vm"));
 }
+
+#[test]
+fn a_user_namespace_maps_the_container_root_to_an_unprivileged_host_user() {
+    let script = "id -u; cat /proc/self/uid_map; touch /tmp/x && stat -c %u /tmp/x";
+    let b = Bundle::new("userns", serde_json::json!({"args": ["sh", "-c", script]}));
+    b.config(serde_json::json!({"args": ["sh", "-c", script]}), |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["uidMappings"] = map.clone();
+        c["linux"]["gidMappings"] = map;
+    });
+    // The rootfs's /tmp must be writable by the mapped root.
+    std::os::unix::fs::chown(b.dir.join("rootfs/tmp"), Some(100000), Some(100000)).unwrap();
+    let out = b.run(&id("userns"));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["0", "0", "100000", "65536", "0"],
+        "{}",
+        out.describe()
+    );
+    // On the host, the file belongs to the mapped user.
+    let meta = std::fs::metadata(b.dir.join("rootfs/tmp/x")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 100000);
+    b.assert_gone(&id("userns"));
+}

@@ -19,6 +19,8 @@ pub struct Plan<'a> {
     pub join: Vec<(libc::c_int, OwnedFd)>,
     pub new_mount_ns: bool,
     pub new_uts_ns: bool,
+    /// A new user namespace: become its root once gureum has written the id maps.
+    pub new_user_ns: bool,
     /// The container's state directory, whose exec.fifo the init opens to wait for `start`.
     pub state_dir: OwnedFd,
     /// Open a pty in the container and make it the process's stdio (process.terminal).
@@ -37,6 +39,17 @@ pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
     let n = unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
     if n != 1 {
         exit(1);
+    }
+    // SAFETY: setresgid/setresuid with constant ids, in our own (single-threaded) process.
+    if plan.new_user_ns && unsafe { libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 }
+    {
+        fail(
+            &report,
+            (
+                1,
+                format!("cannot become root of the user namespace: {}", os_err()),
+            ),
+        );
     }
     let exe = prepare(plan).unwrap_or_else(|f| fail(&report, f));
     ready(&report, plan.terminal);

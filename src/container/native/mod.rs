@@ -101,6 +101,13 @@ pub fn create(
     if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
         return Err(Error::Sys("make exec.fifo".into(), os_err()));
     }
+    // With a user namespace the init runs as its root: the fifo must be that user's (runc too).
+    if let Some((uid, gid)) = root_ids(bundle) {
+        // SAFETY: chown with a NUL-terminated path.
+        if unsafe { libc::chown(fifo.as_ptr(), uid, gid) } != 0 {
+            return Err(Error::Sys("chown exec.fifo".into(), os_err()));
+        }
+    }
     let mut flags = 0;
     let mut join = Vec::new();
     for (kind, path) in bundle.namespaces() {
@@ -118,6 +125,7 @@ pub fn create(
         join,
         new_mount_ns: flags & libc::CLONE_NEWNS != 0,
         new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
+        new_user_ns: flags & libc::CLONE_NEWUSER != 0,
         state_dir: open_dir(state_dir)?,
         terminal,
     };
@@ -174,6 +182,21 @@ fn admit(
         }
         _ => Err(Error::InitDied),
     }
+}
+
+/// The host uid and gid that a new user namespace's root maps to, if config.json has maps.
+fn root_ids(bundle: &Bundle) -> Option<(u32, u32)> {
+    let linux = bundle.spec.linux().as_ref()?;
+    let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .find(|m| m.container_id() == 0)
+            .map(|m| m.host_id())
+    };
+    Some((
+        host(linux.uid_mappings())?,
+        host(linux.gid_mappings()).unwrap_or(0),
+    ))
 }
 
 fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<(), Error> {
