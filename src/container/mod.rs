@@ -176,34 +176,7 @@ fn create_with(
 fn send_console(socket: &Path, master: &OwnedFd) -> Result<(), Error> {
     let fail = |e| Error::ConsoleSocket(socket.to_path_buf(), e);
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(fail)?;
-    let fd = master.as_raw_fd();
-    let name = b"/dev/ptmx";
-    let mut iov = libc::iovec {
-        iov_base: name.as_ptr().cast_mut().cast(),
-        iov_len: name.len(),
-    };
-    // SAFETY: CMSG_SPACE computes a size; no memory is touched.
-    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set to live buffers below.
-    let mut msg = unsafe { std::mem::zeroed::<libc::msghdr>() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer holds one cmsg with room for one fd, as sized above.
-    let rc = unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
-        libc::sendmsg(stream.as_raw_fd(), &msg, 0)
-    };
-    if rc < 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    native::pty::send(stream.as_raw_fd(), b"/dev/ptmx", Some(master.as_raw_fd())).map_err(fail)
 }
 
 /// `start`: a created container runs its process.

@@ -6,7 +6,7 @@
 
 mod init;
 pub mod mounts;
-mod pty;
+pub mod pty;
 pub mod sys;
 pub mod wait;
 
