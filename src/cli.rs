@@ -130,15 +130,23 @@ pub enum Command {
     /// Create a container: set up and waiting for `start` (runc's create).
     Create(CreateArgs),
     /// Start a created container's process.
-    Start { id: String },
+    Start {
+        /// The container's ID.
+        id: String,
+    },
     /// Print a container's state as OCI runtime-spec JSON.
-    State { id: String },
+    State {
+        /// The container's ID.
+        id: String,
+    },
     /// Send a signal (name or number, default SIGTERM) to a container's process.
     Kill {
         /// Signal every process of the container (native isolation).
         #[arg(short, long)]
         all: bool,
+        /// The container's ID.
         id: String,
+        /// A signal name (TERM, SIGKILL) or number.
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
@@ -147,10 +155,10 @@ pub enum Command {
         /// Kill it first if it is running.
         #[arg(short, long)]
         force: bool,
+        /// The container's ID.
         id: String,
     },
     /// List containers.
-    #[command(alias = "ps")]
     List {
         /// table or json.
         #[arg(short, long, default_value = "table")]
@@ -183,9 +191,14 @@ pub struct ExecArgs {
     /// Write the process's pid here.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// With a terminal: send the pty master to this Unix socket (as runc does) instead of
+    /// relaying it here.
+    #[arg(long, value_name = "SOCKET")]
+    pub console_socket: Option<PathBuf>,
     /// A JSON file with an OCI process (runc exec --process); its args replace COMMAND.
     #[arg(short, long, value_name = "FILE")]
     pub process: Option<PathBuf>,
+    /// The container's ID.
     pub id: String,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

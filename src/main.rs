@@ -184,6 +184,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
         tty: args.tty,
         detach: args.detach,
         pid_file: args.pid_file,
+        console_socket: args.console_socket,
     };
     if let Some(path) = &args.process {
         let text = std::fs::read(path).map_err(|e| Error::ProcessFile(path.clone(), e.into()))?;

@@ -12,68 +12,120 @@ use std::time::{Duration, Instant};
 use common::bundle::{Bundle, id, wait_for_status};
 use common::finish;
 
+/// A gureum command whose stdin and stdout are a pty this test holds, and what it has printed.
+struct Session {
+    child: std::process::Child,
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Session {
+    fn start(mut cmd: std::process::Command) -> Self {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two fds; NULL name, termios and winsize are allowed.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let child = cmd
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(slave);
+        let master = std::fs::File::from(master);
+        let mut reader = master.try_clone().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits up to 10 s for `s` to appear.
+    fn until(&self, s: &str) -> bool {
+        let start = Instant::now();
+        while !self.text().contains(s) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.text().contains(s)
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.master.write_all(line.as_bytes()).unwrap();
+    }
+
+    fn finish(self) -> common::Output {
+        finish(self.child, Duration::from_secs(10))
+    }
+}
+
 #[test]
 fn a_tty_session_echoes_typed_input() {
     let b = Bundle::new("tty", serde_json::json!({"args": ["sh"], "terminal": true}));
-    let (mut master, slave) = (0, 0);
-    let mut slave_fd = slave;
-    // SAFETY: openpty writes two fds; NULL name, termios and winsize are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave_fd,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave_fd)) };
     let bundle = b.dir.to_str().unwrap().to_string();
-    let child = b
-        .command(&["run", "--bundle", &bundle, &id("tty")])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(slave);
-    let mut m = std::fs::File::from(master);
-    let mut reader = m.try_clone().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let has = |s: &str| String::from_utf8_lossy(&seen.lock().unwrap()).contains(s);
-    let until = |s: &str| {
-        let start = Instant::now();
-        while !has(s) && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        has(s)
-    };
-    m.write_all(b"echo $((6*7))-$(tty)\n").unwrap();
+    let mut s = Session::start(b.command(&["run", "--bundle", &bundle, &id("tty")]));
+    s.type_line("echo $((6*7))-$(tty)\n");
     assert!(
-        until("echo $((6*7))"),
+        s.until("echo $((6*7))"),
         "typed input not echoed: {:?}",
-        String::from_utf8_lossy(&seen.lock().unwrap())
+        s.text()
     );
-    assert!(
-        until("42-/dev/pts/0"),
-        "no answer: {:?}",
-        String::from_utf8_lossy(&seen.lock().unwrap())
-    );
-    m.write_all(b"exit 5\n").unwrap();
-    let out = finish(child, Duration::from_secs(10));
+    assert!(s.until("42-/dev/pts/0"), "no answer: {:?}", s.text());
+    s.type_line("exit 5\n");
+    let out = s.finish();
     assert_eq!(out.code, Some(5), "{}", out.describe());
+}
+
+#[test]
+fn exec_with_a_terminal_into_a_running_container() {
+    let b = Bundle::new("exectty", serde_json::json!({"args": ["sleep", "30"]}));
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("exectty");
+    // The container keeps create's stdio: give it none, so nothing waits on its pipes.
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let mut s = Session::start(b.command(&["exec", "-t", &name, "sh"]));
+    s.type_line("echo $((6*7)) $(tty) $(hostname)\n");
+    assert!(s.until("42 /dev/pts/"), "no answer: {:?}", s.text());
+    assert!(s.text().contains("gureum-test"), "{:?}", s.text());
+    s.type_line("exit 3\n");
+    let out = s.finish();
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
 }
 
 /// Receives one fd sent with SCM_RIGHTS on `conn` (runc's console-socket protocol).

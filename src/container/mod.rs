@@ -389,6 +389,7 @@ pub struct ExecOptions {
     pub tty: bool,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
 }
 
 /// `exec`: a second process in a running container. Returns its exit status (0 if detached).
@@ -401,8 +402,13 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         return Ok(vm::exec(&store.dir(id), &process)?);
     }
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let (pid, master) = native::exec(record.pid, &process, &Cgroup::of(id), process.terminal)?;
+    let (pid, mut master) = native::exec(record.pid, &process, &Cgroup::of(id), process.terminal)?;
     write_pid_file(opts.pid_file.as_deref(), pid)?;
+    if let Some(socket) = &opts.console_socket
+        && let Some(m) = master.take()
+    {
+        send_console(socket, &m)?;
+    }
     if opts.detach {
         return Ok(0);
     }
