@@ -131,28 +131,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         total: opts.runs * active.len() + density_steps,
         show: std::io::stderr().is_terminal(),
     };
-    let mut samples: Vec<Vec<measure::Sample>> = vec![Vec::new(); active.len()];
-    let tag = std::process::id();
-    for run in 0..opts.runs {
-        for (i, kind) in active.iter().enumerate() {
-            let id = format!("bench-{tag}-{}-{run}", kind.name());
-            samples[i].push(measure::one(&setup, *kind, &id).map_err(io("start an instance"))?);
-            progress.step(kind.name());
-        }
-    }
-    let mut densities = Vec::new();
-    for kind in &active {
-        let d = if opts.density > 0 {
-            let tag = format!("dense-{tag}-{}", kind.name());
-            let d = measure::density(&setup, *kind, opts.density, &tag)
-                .map_err(io("start instances"))?;
-            progress.step(&format!("{} ×{}", kind.name(), opts.density));
-            Some(d)
-        } else {
-            None
-        };
-        densities.push(d);
-    }
+    let (samples, densities) = measure_all(&setup, &active, opts, &mut progress)?;
     progress.finish();
     let mut kinds: Vec<KindReport> = Vec::new();
     for kind in &wanted {
@@ -183,6 +162,40 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     let _ = std::fs::remove_dir_all(&work);
     write_files(&report, &opts.out)?;
     Ok(report)
+}
+
+type Measured = (Vec<Vec<measure::Sample>>, Vec<Option<measure::Density>>);
+
+/// Every run of every kind, interleaved (A B C A B C ...), then each kind's density run.
+fn measure_all(
+    setup: &Setup,
+    active: &[Kind],
+    opts: &Options,
+    progress: &mut Progress,
+) -> Result<Measured, Error> {
+    let mut samples: Vec<Vec<measure::Sample>> = vec![Vec::new(); active.len()];
+    let tag = std::process::id();
+    for run in 0..opts.runs {
+        for (i, kind) in active.iter().enumerate() {
+            let id = format!("bench-{tag}-{}-{run}", kind.name());
+            samples[i].push(measure::one(setup, *kind, &id).map_err(io("start an instance"))?);
+            progress.step(kind.name());
+        }
+    }
+    let mut densities = Vec::new();
+    for kind in active {
+        let d = if opts.density > 0 {
+            let tag = format!("dense-{tag}-{}", kind.name());
+            let d = measure::density(setup, *kind, opts.density, &tag)
+                .map_err(io("start instances"))?;
+            progress.step(&format!("{} ×{}", kind.name(), opts.density));
+            Some(d)
+        } else {
+            None
+        };
+        densities.push(d);
+    }
+    Ok((samples, densities))
 }
 
 fn host(kvm: KvmKind) -> Host {

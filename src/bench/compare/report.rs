@@ -177,83 +177,86 @@ fn rate(k: &KindReport) -> Option<f64> {
     dense(k).map(|d| d.launch_rate_per_s)
 }
 
+/// The claims the report states: (claim, numerator kind, denominator kind, metric, its
+/// reader, target).
+const CLAIMS: [ClaimSpec; 9] = [
+    (
+        "containers start faster than VMs: VM sandbox start-to-exit / native container's",
+        "sandbox",
+        "native",
+        "exit_ms median",
+        exit_median,
+        None,
+    ),
+    (
+        "a sandboxed container starts nearly as fast as runc: sandbox / runc start-to-exit (target ≤ 1.5)",
+        "sandbox",
+        "runc",
+        "exit_ms median",
+        exit_median,
+        Some(1.5),
+    ),
+    (
+        "gureum's native isolation vs runc: start-to-exit",
+        "native",
+        "runc",
+        "exit_ms median",
+        exit_median,
+        None,
+    ),
+    (
+        "gureum boots faster than QEMU microvm: boot-to-init (target ≤ 0.5)",
+        "microvm",
+        "qemu-microvm",
+        "start_ms median",
+        start_median,
+        Some(0.5),
+    ),
+    (
+        "the same on the test guest (no Linux): gureum / QEMU microvm boot-to-guest",
+        "microvm-test-guest",
+        "qemu-microvm-test-guest",
+        "start_ms median",
+        start_median,
+        None,
+    ),
+    (
+        "containers are lighter than VMs: host memory per idle instance, sandbox / native",
+        "sandbox",
+        "native",
+        "memory_mib_per_instance",
+        memory,
+        None,
+    ),
+    (
+        "containers pack denser: launch rate of K at once, native / sandbox",
+        "native",
+        "sandbox",
+        "launch_rate_per_s",
+        rate,
+        None,
+    ),
+    (
+        "a VM with no Linux to boot (the test guest) vs a native container: start-to-exit",
+        "microvm-test-guest",
+        "native",
+        "exit_ms median",
+        exit_median,
+        None,
+    ),
+    (
+        "the same, host memory per idle instance",
+        "microvm-test-guest",
+        "native",
+        "memory_mib_per_instance",
+        memory,
+        None,
+    ),
+];
+
 /// The seed's claims and the targets, each as a factor computed from the data.
 pub fn claims(kinds: &[KindReport], pvm: bool) -> Vec<Claim> {
-    let specs: [ClaimSpec; 9] = [
-        (
-            "containers start faster than VMs: VM sandbox start-to-exit / native container's",
-            "sandbox",
-            "native",
-            "exit_ms median",
-            exit_median,
-            None,
-        ),
-        (
-            "a sandboxed container starts nearly as fast as runc: sandbox / runc start-to-exit (target ≤ 1.5)",
-            "sandbox",
-            "runc",
-            "exit_ms median",
-            exit_median,
-            Some(1.5),
-        ),
-        (
-            "gureum's native isolation vs runc: start-to-exit",
-            "native",
-            "runc",
-            "exit_ms median",
-            exit_median,
-            None,
-        ),
-        (
-            "gureum boots faster than QEMU microvm: boot-to-init (target ≤ 0.5)",
-            "microvm",
-            "qemu-microvm",
-            "start_ms median",
-            start_median,
-            Some(0.5),
-        ),
-        (
-            "the same on the test guest (no Linux): gureum / QEMU microvm boot-to-guest",
-            "microvm-test-guest",
-            "qemu-microvm-test-guest",
-            "start_ms median",
-            start_median,
-            None,
-        ),
-        (
-            "containers are lighter than VMs: host memory per idle instance, sandbox / native",
-            "sandbox",
-            "native",
-            "memory_mib_per_instance",
-            memory,
-            None,
-        ),
-        (
-            "containers pack denser: launch rate of K at once, native / sandbox",
-            "native",
-            "sandbox",
-            "launch_rate_per_s",
-            rate,
-            None,
-        ),
-        (
-            "a VM with no Linux to boot (the test guest) vs a native container: start-to-exit",
-            "microvm-test-guest",
-            "native",
-            "exit_ms median",
-            exit_median,
-            None,
-        ),
-        (
-            "the same, host memory per idle instance",
-            "microvm-test-guest",
-            "native",
-            "memory_mib_per_instance",
-            memory,
-            None,
-        ),
-    ];
-    specs
+    CLAIMS
         .iter()
         .map(|(claim, num, den, metric, f, target)| {
             let (a, b) = (find(kinds, num).and_then(f), find(kinds, den).and_then(f));

@@ -61,7 +61,21 @@ pub fn make(
         .clone()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let config = serde_json::json!({
+    let config = default_config(hostname, &args, &env, &cwd, (uid, gid));
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).map_err(io(&path))?;
+    Ok(dir.to_path_buf())
+}
+
+/// runc's default spec with the image's process.
+fn default_config(
+    hostname: &str,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    (uid, gid): (u32, u32),
+) -> serde_json::Value {
+    serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"terminal": false, "user": {"uid": uid, "gid": gid}, "args": args,
                     "env": env, "cwd": cwd, "noNewPrivileges": true},
@@ -84,10 +98,7 @@ pub fn make(
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    });
-    let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).map_err(io(&path))?;
-    Ok(dir.to_path_buf())
+    })
 }
 
 /// Unmounts and removes a bundle made by [`make`].

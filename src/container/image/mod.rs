@@ -173,49 +173,9 @@ fn open_dir(root: &Path, cache: &Path) -> Result<Image, Error> {
     let docker = root.join("manifest.json");
     let index = root.join("index.json");
     let (config_path, layers) = if docker.is_file() {
-        let entries: Vec<DockerEntry> = json(&docker, &read(&docker)?)?;
-        let entry = entries
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Layout("manifest.json lists no image".into()))?;
-        let config = root.join(safe_rel(&entry.config)?);
-        let layers: Vec<(String, PathBuf)> = entry
-            .layers
-            .iter()
-            .map(|l| Ok((String::new(), root.join(safe_rel(l)?))))
-            .collect::<Result<_, Error>>()?;
-        // docker save's layers are plain tars named by path: check each against its diff_id
-        // even when the cache already holds it.
-        let doc: ImageConfig = json(&config, &read(&config)?)?;
-        for ((_, path), diff_id) in layers.iter().zip(&doc.rootfs.diff_ids) {
-            verify(path, diff_id, &format!("layer {}", path.display()))?;
-        }
-        (config, layers)
+        docker_layout(root, &docker)?
     } else if index.is_file() {
-        let index_doc: Index = json(&index, &read(&index)?)?;
-        let first = index_doc
-            .manifests
-            .first()
-            .ok_or_else(|| Error::Layout("index.json lists no manifest".into()))?;
-        let mut manifest_path = blob(root, &first.digest)?;
-        let mut manifest_bytes = read(&manifest_path)?;
-        // A nested index (multi-platform): take its first manifest.
-        if let Ok(nested) = serde_json::from_slice::<Index>(&manifest_bytes) {
-            let m = nested
-                .manifests
-                .first()
-                .ok_or_else(|| Error::Layout("empty nested index".into()))?;
-            manifest_path = blob(root, &m.digest)?;
-            manifest_bytes = read(&manifest_path)?;
-        }
-        let manifest: Manifest = json(&manifest_path, &manifest_bytes)?;
-        let config = blob(root, &manifest.config.digest)?;
-        let layers = manifest
-            .layers
-            .iter()
-            .map(|l| Ok((l.media_type.clone(), blob(root, &l.digest)?)))
-            .collect::<Result<_, Error>>()?;
-        (config, layers)
+        oci_layout(root, &index)?
     } else {
         return Err(Error::NotAnImage(root.to_path_buf()));
     };
@@ -235,6 +195,59 @@ fn open_dir(root: &Path, cache: &Path) -> Result<Image, Error> {
         config: config.config,
         layers: unpacked,
     })
+}
+
+/// The config and layer blobs (media type, path) an image names.
+type Parts = (PathBuf, Vec<(String, PathBuf)>);
+
+/// `docker save`'s layout: manifest.json names the config and the layer tars by path.
+fn docker_layout(root: &Path, docker: &Path) -> Result<Parts, Error> {
+    let entries: Vec<DockerEntry> = json(docker, &read(docker)?)?;
+    let entry = entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Layout("manifest.json lists no image".into()))?;
+    let config = root.join(safe_rel(&entry.config)?);
+    let layers: Vec<(String, PathBuf)> = entry
+        .layers
+        .iter()
+        .map(|l| Ok((String::new(), root.join(safe_rel(l)?))))
+        .collect::<Result<_, Error>>()?;
+    // docker save's layers are plain tars named by path: check each against its diff_id
+    // even when the cache already holds it.
+    let doc: ImageConfig = json(&config, &read(&config)?)?;
+    for ((_, path), diff_id) in layers.iter().zip(&doc.rootfs.diff_ids) {
+        verify(path, diff_id, &format!("layer {}", path.display()))?;
+    }
+    Ok((config, layers))
+}
+
+/// An OCI image layout: index.json → manifest → config and layers, all by digest.
+fn oci_layout(root: &Path, index: &Path) -> Result<Parts, Error> {
+    let index_doc: Index = json(index, &read(index)?)?;
+    let first = index_doc
+        .manifests
+        .first()
+        .ok_or_else(|| Error::Layout("index.json lists no manifest".into()))?;
+    let mut manifest_path = blob(root, &first.digest)?;
+    let mut manifest_bytes = read(&manifest_path)?;
+    // A nested index (multi-platform): take its first manifest.
+    if let Ok(nested) = serde_json::from_slice::<Index>(&manifest_bytes) {
+        let m = nested
+            .manifests
+            .first()
+            .ok_or_else(|| Error::Layout("empty nested index".into()))?;
+        manifest_path = blob(root, &m.digest)?;
+        manifest_bytes = read(&manifest_path)?;
+    }
+    let manifest: Manifest = json(&manifest_path, &manifest_bytes)?;
+    let config = blob(root, &manifest.config.digest)?;
+    let layers = manifest
+        .layers
+        .iter()
+        .map(|l| Ok((l.media_type.clone(), blob(root, &l.digest)?)))
+        .collect::<Result<_, Error>>()?;
+    Ok((config, layers))
 }
 
 /// A relative path inside the image that cannot climb out of it.

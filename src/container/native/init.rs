@@ -217,15 +217,9 @@ fn shim(exe: &CString, p: &Process) -> ! {
     }
 }
 
-/// In the forked child: the process's own settings, then exec. Never returns.
-pub fn exec_process(exe: &CString, p: &Process) -> ! {
-    let fail = |code: i32, what: &str| -> ! {
-        let msg = format!("gureum: {what}: {}\n", os_err());
-        let _ = write_all(2, msg.as_bytes());
-        exit(code);
-    };
-    // The process starts with no signal blocked (gureum and the init block theirs) and default
-    // dispositions (Rust's runtime ignores SIGPIPE; ignored signals would survive exec).
+/// No signal blocked (gureum and the init block theirs) and default dispositions (Rust's
+/// runtime ignores SIGPIPE; ignored signals would survive exec).
+fn reset_signals() {
     set_sigmask(libc::SIG_SETMASK, &sigset_of(&[]));
     // SAFETY: signal(2) with valid numbers and SIG_DFL.
     unsafe {
@@ -235,6 +229,40 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
             }
         }
     }
+}
+
+/// Groups, gid, uid, no_new_privileges and cwd; the failing step and its exit status.
+fn credentials_and_cwd(p: &Process) -> Result<(), (i32, String)> {
+    let cwd = cstr(p.cwd.as_bytes()).unwrap_or_else(|_| CString::from(c"/"));
+    // SAFETY: credential calls with valid arguments.
+    unsafe {
+        if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0 {
+            return Err((126, "setgroups".into()));
+        }
+        if libc::setgid(p.gid) != 0 {
+            return Err((126, format!("setgid {}", p.gid)));
+        }
+        if libc::setuid(p.uid) != 0 {
+            return Err((126, format!("setuid {}", p.uid)));
+        }
+        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err((126, "no_new_privs".into()));
+        }
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            return Err((126, format!("chdir {}", p.cwd)));
+        }
+    }
+    Ok(())
+}
+
+/// In the forked child: the process's own settings, then exec. Never returns.
+pub fn exec_process(exe: &CString, p: &Process) -> ! {
+    let fail = |code: i32, what: &str| -> ! {
+        let msg = format!("gureum: {what}: {}\n", os_err());
+        let _ = write_all(2, msg.as_bytes());
+        exit(code);
+    };
+    reset_signals();
     if let Err(why) = gureum_agent::limits::apply(&p.rlimits) {
         let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
         exit(126);
@@ -246,24 +274,8 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
             libc::ioctl(0, libc::TIOCSCTTY, 0);
         }
     }
-    let cwd = cstr(p.cwd.as_bytes()).unwrap_or_else(|_| CString::from(c"/"));
-    // SAFETY: credential calls with valid arguments; a failure is reported and ends the child.
-    unsafe {
-        if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0 {
-            fail(126, "setgroups");
-        }
-        if libc::setgid(p.gid) != 0 {
-            fail(126, &format!("setgid {}", p.gid));
-        }
-        if libc::setuid(p.uid) != 0 {
-            fail(126, &format!("setuid {}", p.uid));
-        }
-        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(126, "no_new_privs");
-        }
-        if libc::chdir(cwd.as_ptr()) != 0 {
-            fail(126, &format!("chdir {}", p.cwd));
-        }
+    if let Err((code, what)) = credentials_and_cwd(p) {
+        fail(code, &what);
     }
     let to_c = |v: &[String]| -> Vec<CString> {
         v.iter()

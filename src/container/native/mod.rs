@@ -82,14 +82,8 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Creates the container: its init is set up and waits on `state_dir/exec.fifo` for `start`.
-/// Returns the init's pid. On an error nothing is left running.
-pub fn create(
-    bundle: &Bundle,
-    state_dir: &Path,
-    cgroup: &Cgroup,
-    terminal: bool,
-) -> Result<(i32, Option<OwnedFd>), Error> {
+/// exec.fifo, which the init opens to wait for `start`; owned by the init's user.
+fn make_fifo(bundle: &Bundle, state_dir: &Path) -> Result<(), Error> {
     let fifo =
         CString::new(state_dir.join("exec.fifo").as_os_str().as_encoded_bytes()).map_err(|_| {
             Error::Sys(
@@ -108,6 +102,11 @@ pub fn create(
             return Err(Error::Sys("chown exec.fifo".into(), os_err()));
         }
     }
+    Ok(())
+}
+
+/// The CLONE_* flags of the namespaces to create, and those to join (by path).
+fn namespaces(bundle: &Bundle) -> Result<(libc::c_int, Vec<(libc::c_int, OwnedFd)>), Error> {
     let mut flags = 0;
     let mut join = Vec::new();
     for (kind, path) in bundle.namespaces() {
@@ -120,6 +119,19 @@ pub fn create(
             }
         }
     }
+    Ok((flags, join))
+}
+
+/// Creates the container: its init is set up and waits on `state_dir/exec.fifo` for `start`.
+/// Returns the init's pid. On an error nothing is left running.
+pub fn create(
+    bundle: &Bundle,
+    state_dir: &Path,
+    cgroup: &Cgroup,
+    terminal: bool,
+) -> Result<(i32, Option<OwnedFd>), Error> {
+    make_fifo(bundle, state_dir)?;
+    let (flags, join) = namespaces(bundle)?;
     let plan = init::Plan {
         bundle,
         join,
