@@ -1,35 +1,17 @@
-//! gureum: a KVM microVM monitor. `main` is the only place that prints an error and picks the
-//! exit code.
-
-mod arch;
-mod bench;
-mod cli;
-mod config;
-mod container;
-mod event_loop;
-mod host_check;
-mod loader;
-mod phases;
-mod term;
-mod vcpu;
-mod virtio_devices;
-mod vmm;
+//! `gureum`: the whole CLI. `main` is the only place that prints an error and picks the exit
+//! code.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::cli::{BenchCommand, BootArgs, Cli, Command};
-use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
-use crate::host_check::KvmKind;
+use gureum::boot::chain;
+use gureum::cli::{self, BenchCommand, Cli, Command};
+use gureum::{bench, boot, container, host_check};
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
-    Config(#[from] config::Error),
-    #[error(transparent)]
-    Loader(#[from] loader::Error),
-    #[error(transparent)]
-    Vmm(#[from] vmm::Error),
+    Boot(#[from] boot::Error),
     #[error(transparent)]
     HostCheck(#[from] host_check::Error),
     #[error(transparent)]
@@ -44,37 +26,21 @@ enum Error {
     OutDir(PathBuf, #[source] std::io::Error),
     #[error("unknown --format {0:?} (table or json)")]
     Format(String),
-    #[error("--timeout must be a positive number of seconds, not {0}")]
-    Timeout(f64),
-    #[error(
-        "this host's KVM is PVM (kvm_pvm): a Linux guest's userspace cannot run here and its \
-         kernel takes minutes under emulation; pass --allow-pvm-linux to boot it anyway"
-    )]
-    PvmLinux,
-    #[error(
-        "no kernel given and the default guest is not built: run guest-kernels/build.sh, or pass --kernel"
-    )]
-    NoDefaultGuest,
-}
-
-/// One line: the error and each cause after it (skipping causes whose text some crates already
-/// fold into their own message).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }
 
 fn main() {
     let start = Instant::now();
+    // A VM's process is the lean gureum-vmm where it is installed: it maps less code.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "boot")
+        && let Some(vmm) = boot::vmm_exe()
+    {
+        use std::os::unix::process::CommandExt;
+        let e = std::process::Command::new(&vmm)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        eprintln!("gureum: cannot run {}: {e}", vmm.display());
+        std::process::exit(1);
+    }
     let cli = Cli::parse_fast();
     let log = cli.log.clone();
     let json_log = cli.log_format == "json";
@@ -203,7 +169,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
 /// The VM-level commands: boot, host-check, bench.
 fn machine(command: Command, start: Instant) -> Result<i32, Error> {
     match command {
-        Command::Boot(args) => boot(&args, start),
+        Command::Boot(args) => Ok(boot::boot(&args, start)?),
         Command::HostCheck { json } => {
             let report = host_check::check()?;
             if json {
@@ -221,7 +187,7 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
             runs,
             no_qemu,
         }) => {
-            let config = resolve_config(&boot)?;
+            let config = boot::resolve_config(&boot)?;
             println!("{}", bench::boot(&config, runs, !no_qemu)?);
             Ok(0)
         }
@@ -260,78 +226,4 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
         }
         _ => unreachable!("container commands are handled in run"),
     }
-}
-
-/// Where guest-kernels/build.sh leaves the default guest.
-pub fn default_guest() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
-    let dir = PathBuf::from(cache).join("default");
-    (dir.join("vmlinux"), dir.join("initramfs.cpio"))
-}
-
-/// Defaults < config file < flags, validated.
-fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
-    let file = match &args.config {
-        Some(path) => FirecrackerConfig::from_file(path)?.into(),
-        None => VmOverrides::default(),
-    };
-    let mut flags = VmOverrides {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-        vcpus: args.vcpus,
-        memory_mib: args.memory,
-        disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
-        nets: (!args.net.is_empty()).then(|| args.net.clone()),
-        vsock: args.vsock.clone(),
-        rng: args.rng.then_some(true),
-    };
-    if flags.kernel.is_none() && file.kernel.is_none() {
-        let (kernel, initrd) = default_guest();
-        if !kernel.exists() || !initrd.exists() {
-            return Err(Error::NoDefaultGuest);
-        }
-        flags.kernel = Some(kernel);
-        flags.initrd = flags.initrd.or(Some(initrd));
-    }
-    Ok(file.overridden_by(flags).into_config()?)
-}
-
-fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
-    let config = resolve_config(args)?;
-    let timeout = args
-        .timeout
-        .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or(Error::Timeout(s))
-        })
-        .transpose()?;
-    let (_, is_linux) = loader::identify(&config.kernel)?;
-    if is_linux && host_check::kvm_kind().0 == KvmKind::Pvm {
-        if !args.allow_pvm_linux {
-            return Err(Error::PvmLinux);
-        }
-        eprintln!(
-            "gureum: warning: PVM host: this Linux guest's kernel runs emulated and its userspace cannot run"
-        );
-    }
-    let mut phases = phases::Phases::new(start);
-    let vmm = vmm::Vmm::try_from(&config)?;
-    let raw_terminal = term::RawTerminal::enable(0);
-    let outcome = vmm.run(timeout, &mut phases);
-    drop(raw_terminal);
-    // gureum made the vsock socket; the process exits without running destructors.
-    if let Some(v) = &config.vsock {
-        let _ = std::fs::remove_file(&v.uds);
-    }
-    let outcome = outcome?;
-    if outcome.exit_code() != 0 {
-        eprintln!("gureum: {outcome}");
-    }
-    if args.phases {
-        eprintln!("{}", phases.report());
-    }
-    Ok(outcome.exit_code())
 }

@@ -81,7 +81,9 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
     if runs == 0 {
         return Err(Error::NoRuns);
     }
-    let exe = std::env::current_exe().map_err(Error::SelfExe)?;
+    let exe = crate::boot::vmm_exe()
+        .map_or_else(std::env::current_exe, Ok)
+        .map_err(Error::SelfExe)?;
     let dir = std::env::temp_dir().join(format!("gureum-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Spawn("an image for the benchmark", e))?;
     let image = dir.join("bench.img");

@@ -246,7 +246,9 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
     if runs == 0 {
         return Err(Error::NoRuns);
     }
-    let exe = std::env::current_exe().map_err(Error::SelfExe)?;
+    let exe = crate::boot::vmm_exe()
+        .map_or_else(std::env::current_exe, Ok)
+        .map_err(Error::SelfExe)?;
     let qemu_skip = if with_qemu {
         qemu_unavailable(config)
     } else {

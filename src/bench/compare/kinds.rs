@@ -78,6 +78,8 @@ impl Kind {
 /// Everything the commands are built from.
 pub struct Setup {
     pub gureum: PathBuf,
+    /// The VMM executable (`gureum-vmm` where installed, else gureum itself).
+    pub vmm: PathBuf,
     pub bundle: PathBuf,
     /// The same with `sleep 600` as the workload.
     pub idle_bundle: PathBuf,
@@ -155,7 +157,7 @@ impl Setup {
                 c
             }
             Kind::MicroVm => {
-                let mut c = gureum();
+                let mut c = Command::new(&self.vmm);
                 c.arg("boot")
                     .arg("--kernel")
                     .arg(&self.kernel)
@@ -171,7 +173,7 @@ impl Setup {
                 &linux_cmdline(idle),
             ),
             Kind::TestGuestVm => {
-                let mut c = gureum();
+                let mut c = Command::new(&self.vmm);
                 c.arg("boot")
                     .arg("--kernel")
                     .arg(self.test_guest.as_deref().unwrap_or(Path::new("")));

@@ -69,6 +69,9 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
     let initramfs = kernel.with_file_name("initramfs.cpio");
     Ok(Setup {
         gureum: std::env::current_exe().map_err(io("find gureum's own executable"))?,
+        vmm: crate::boot::vmm_exe()
+            .map_or_else(std::env::current_exe, Ok)
+            .map_err(io("find gureum's own executable"))?,
         bundle,
         idle_bundle,
         state: work.join("state"),

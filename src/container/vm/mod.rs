@@ -106,7 +106,8 @@ pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
         return Err(Error::Sys(std::io::Error::last_os_error()));
     }
     let (memory, vcpus) = size(bundle);
-    let mut vmm = Command::new("/proc/self/exe");
+    let exe = crate::boot::vmm_exe().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let mut vmm = Command::new(exe);
     vmm.arg("boot")
         .arg("--kernel")
         .arg(&kernel)

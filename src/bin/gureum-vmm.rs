@@ -1,0 +1,20 @@
+//! `gureum-vmm boot ...`: the VMM alone — the same flags and exit codes as `gureum boot`, in an
+//! executable without the container runtime and the benchmarks, so a VM's process maps less
+//! code. `gureum boot` runs it when it is installed beside `gureum`.
+
+use std::time::Instant;
+
+use clap::Parser;
+
+fn main() {
+    let start = Instant::now();
+    let gureum::cli::BootOnly::Boot(args) = gureum::cli::BootCli::parse().command;
+    let code = match gureum::boot::boot(&args, start) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gureum: {}", gureum::boot::chain(&e));
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,128 @@
+//! `gureum boot`: a VM from flags and an optional Firecracker-schema config file, run until
+//! the guest stops. Shared by `gureum` and the lean `gureum-vmm` executable.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::cli::BootArgs;
+use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
+use crate::host_check::KvmKind;
+use crate::{config, host_check, loader, phases, term, vmm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error("--timeout must be a positive number of seconds, not {0}")]
+    Timeout(f64),
+    #[error(
+        "this host's KVM is PVM (kvm_pvm): a Linux guest's userspace cannot run here and its \
+         kernel takes minutes under emulation; pass --allow-pvm-linux to boot it anyway"
+    )]
+    PvmLinux,
+    #[error(
+        "no kernel given and the default guest is not built: run guest-kernels/build.sh, or pass --kernel"
+    )]
+    NoDefaultGuest,
+}
+
+/// One line: the error and each cause after it (skipping causes whose text some crates already
+/// fold into their own message).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// The lean VMM executable installed beside this one (`gureum-vmm`), if there is one.
+pub fn vmm_exe() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let vmm = me.with_file_name("gureum-vmm");
+    (vmm.is_file() && vmm != me).then_some(vmm)
+}
+
+/// Where guest-kernels/build.sh leaves the default guest.
+pub fn default_guest() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("GUREUM_CACHE").unwrap_or_else(|| "/var/cache/gureum".into());
+    let dir = PathBuf::from(cache).join("default");
+    (dir.join("vmlinux"), dir.join("initramfs.cpio"))
+}
+
+/// Defaults < config file < flags, validated.
+pub fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
+    let file = match &args.config {
+        Some(path) => FirecrackerConfig::from_file(path)?.into(),
+        None => VmOverrides::default(),
+    };
+    let mut flags = VmOverrides {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
+        nets: (!args.net.is_empty()).then(|| args.net.clone()),
+        vsock: args.vsock.clone(),
+        rng: args.rng.then_some(true),
+    };
+    if flags.kernel.is_none() && file.kernel.is_none() {
+        let (kernel, initrd) = default_guest();
+        if !kernel.exists() || !initrd.exists() {
+            return Err(Error::NoDefaultGuest);
+        }
+        flags.kernel = Some(kernel);
+        flags.initrd = flags.initrd.or(Some(initrd));
+    }
+    Ok(file.overridden_by(flags).into_config()?)
+}
+
+pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
+    let config = resolve_config(args)?;
+    let timeout = args
+        .timeout
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(Error::Timeout(s))
+        })
+        .transpose()?;
+    let (_, is_linux) = loader::identify(&config.kernel)?;
+    if is_linux && host_check::kvm_kind().0 == KvmKind::Pvm {
+        if !args.allow_pvm_linux {
+            return Err(Error::PvmLinux);
+        }
+        eprintln!(
+            "gureum: warning: PVM host: this Linux guest's kernel runs emulated and its userspace cannot run"
+        );
+    }
+    let mut phases = phases::Phases::new(start);
+    let vmm = vmm::Vmm::try_from(&config)?;
+    let raw_terminal = term::RawTerminal::enable(0);
+    let outcome = vmm.run(timeout, &mut phases);
+    drop(raw_terminal);
+    // gureum made the vsock socket; the process exits without running destructors.
+    if let Some(v) = &config.vsock {
+        let _ = std::fs::remove_file(&v.uds);
+    }
+    let outcome = outcome?;
+    if outcome.exit_code() != 0 {
+        eprintln!("gureum: {outcome}");
+    }
+    if args.phases {
+        eprintln!("{}", phases.report());
+    }
+    Ok(outcome.exit_code())
+}
