@@ -400,3 +400,30 @@ fn a_user_namespace_maps_the_container_root_to_an_unprivileged_host_user() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 100000);
     b.assert_gone(&id("userns"));
 }
+
+#[test]
+fn kill_all_signals_every_process_of_the_container() {
+    let b = Bundle::new(
+        "killall",
+        serde_json::json!({"args": ["sh", "-c", "trap 'echo trapped' TERM; sleep 60 & sleep 60; wait; echo done"]}),
+    );
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("killall");
+    let child = b
+        .command(&["run", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_status(&b, &name, "running");
+    // The shell survives TERM (it traps it): only --all reaches the sleeps, and with them gone
+    // the shell finishes normally.
+    std::thread::sleep(Duration::from_millis(100));
+    let k = b.gureum(&["kill", "--all", &name, "TERM"]);
+    assert_eq!(k.code, Some(0), "{}", k.describe());
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.ends_with("done\n"), "{}", out.describe());
+    b.assert_gone(&name);
+}
