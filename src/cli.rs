@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Where container state lives unless --root says otherwise.
+pub const DEFAULT_ROOT: &str = "/run/gureum";
+const DEFAULT_LOG_FORMAT: &str = "text";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gureum",
@@ -20,7 +24,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Where container state lives (one directory per container).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/run/gureum")]
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
     /// How containers are isolated: in their own microVM (the default) or natively with
     /// namespaces and cgroups. Overrides the config.json annotation gureum.isolation.
@@ -30,7 +34,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// Format of --log: text or json (runc compatibility).
-    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    #[arg(long, global = true, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
     /// Accepted for runc compatibility; gureum manages cgroupfs directly.
     #[arg(long, global = true, hide = true)]
@@ -63,10 +67,10 @@ impl Cli {
             let BootOnly::Boot(args) = BootCli::parse().command;
             return Self {
                 command: Command::Boot(args),
-                root: PathBuf::from("/run/gureum"),
+                root: PathBuf::from(DEFAULT_ROOT),
                 isolation: None,
                 log: None,
-                log_format: "text".into(),
+                log_format: DEFAULT_LOG_FORMAT.into(),
                 systemd_cgroup: false,
                 debug: false,
             };

@@ -43,26 +43,11 @@ fn listen(path: &str) -> Result<(), String> {
     gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string())
 }
 
-fn mount(source: &str, target: &str, fstype: &str) -> Result<(), String> {
-    let _ = std::fs::create_dir_all(target);
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("bad path {s:?}"));
-    let (s, t, f) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(format!("cannot mount {fstype} on {target}: {e}"));
-        }
-    }
-    Ok(())
-}
-
 fn init() -> Result<(), String> {
-    mount("proc", "/proc", "proc")?;
-    mount("sysfs", "/sys", "sysfs")?;
-    mount("devtmpfs", "/dev", "devtmpfs")?;
-    mount("tmpfs", "/run", "tmpfs")?;
+    gureum_agent::runner::mount("proc", "/proc", "proc", 0, "")?;
+    gureum_agent::runner::mount("sysfs", "/sys", "sysfs", 0, "")?;
+    gureum_agent::runner::mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
+    gureum_agent::runner::mount("tmpfs", "/run", "tmpfs", 0, "")?;
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
     let transport = cmdline

@@ -146,7 +146,9 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
     Ok(target)
 }
 
-fn mount(
+/// mount(2), making `target` first; `data` empty passes none. Something already mounted there
+/// (EBUSY, e.g. the devtmpfs the kernel mounts on /dev itself) counts as done.
+pub fn mount(
     source: &str,
     target: &str,
     fstype: &str,
@@ -163,11 +165,9 @@ fn mount(
     };
     // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), flags, data_ptr) };
-    if rc != 0 {
-        return Err(format!(
-            "cannot mount {source} on {target}: {}",
-            io::Error::last_os_error()
-        ));
+    let e = io::Error::last_os_error();
+    if rc != 0 && e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(format!("cannot mount {source} on {target}: {e}"));
     }
     Ok(())
 }

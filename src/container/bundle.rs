@@ -59,8 +59,6 @@ pub struct Resources {
 pub struct Bundle {
     pub dir: PathBuf,
     pub rootfs: PathBuf,
-    pub readonly_root: bool,
-    pub hostname: Option<String>,
     pub process: Process,
     pub resources: Resources,
     pub annotations: HashMap<String, String>,
@@ -99,8 +97,6 @@ impl Bundle {
         }
         process.readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
         Ok(Self {
-            readonly_root: process.readonly,
-            hostname: spec.hostname().clone(),
             resources: resources(&spec),
             annotations: spec.annotations().clone().unwrap_or_default(),
             process,
@@ -207,8 +203,8 @@ mod tests {
         assert_eq!((b.process.uid, b.process.gid), (5, 6));
         assert_eq!(b.process.cwd, "/tmp");
         assert_eq!(b.process.rlimits, [("RLIMIT_NOFILE".into(), 100, 200)]);
-        assert!(b.readonly_root);
-        assert_eq!(b.hostname.as_deref(), Some("box"));
+        assert!(b.process.readonly);
+        assert_eq!(b.process.hostname.as_deref(), Some("box"));
         assert_eq!(b.resources.memory_bytes, Some(1 << 20));
         assert_eq!(b.resources.pids, Some(7));
         assert_eq!(b.isolation().unwrap(), Some(Isolation::Native));

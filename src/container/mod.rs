@@ -157,6 +157,7 @@ fn create_with(
         process: bundle.process.clone(),
     };
     store.save(&record)?;
+    native::make_fifo(bundle, &dir)?;
     let (pid, master) = match isolation {
         Isolation::Native => {
             let cgroup = Cgroup::create(id, &bundle.resources)?;

@@ -194,14 +194,19 @@ impl Store {
     }
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn start_time(pid: i32) -> Option<u64> {
+/// The fields of /proc/PID/stat from the third (state) on. The command name (field 2) may hold
+/// spaces and parentheses, so the split starts after its last ')'.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // rest starts at field 3 (state); field 22 is index 19; a zombie counts as gone.
-    if fields.first() == Some(&"Z") {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split(' ').map(str::to_string).collect())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat); a zombie counts
+/// as gone.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    if fields.first().map(String::as_str) == Some("Z") {
         return None;
     }
     fields.get(19)?.parse().ok()

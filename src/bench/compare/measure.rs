@@ -205,11 +205,8 @@ pub fn tree_pss_kib(root: i32) -> u64 {
         else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split(' ').nth(1))
-            .and_then(|p| p.parse().ok());
+        // Field 4, the parent.
+        let ppid = crate::container::state::stat_fields(pid).and_then(|f| f.get(1)?.parse().ok());
         if let Some(ppid) = ppid {
             parents.push((pid, ppid));
         }

@@ -103,7 +103,7 @@ fn default_config(
 
 /// Unmounts and removes a bundle made by [`make`].
 pub fn remove(dir: &Path) {
-    if let Ok(c) = std::ffi::CString::new(dir.join("rootfs").as_os_str().as_encoded_bytes()) {
+    if let Ok(c) = crate::container::native::sys::path_c(&dir.join("rootfs")) {
         // SAFETY: umount2 with a NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }

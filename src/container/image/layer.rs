@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{Error, hex_of};
+use crate::container::native::sys::path_c;
 
 struct Hashing<R> {
     inner: R,
@@ -121,8 +122,7 @@ fn unpack(path: &Path, dest: &Path) -> Result<String, Error> {
 }
 
 fn whiteout(path: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = path_c(path)?;
     // SAFETY: mknod with a NUL-terminated path: a 0/0 character device, overlayfs's whiteout.
     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -131,8 +131,7 @@ fn whiteout(path: &Path) -> std::io::Result<()> {
 }
 
 fn opaque(dir: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = path_c(dir)?;
     // SAFETY: setxattr with a NUL-terminated path and name and a 1-byte value.
     let rc = unsafe {
         libc::setxattr(

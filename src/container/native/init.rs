@@ -110,12 +110,12 @@ fn prepare(plan: &Plan) -> Result<CString, Failure> {
     }
     let bundle = plan.bundle;
     if plan.new_mount_ns {
-        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, bundle.readonly_root)
+        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, bundle.process.readonly)
             .map_err(|e| (1, e))?;
     } else {
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
     }
-    if let (true, Some(name)) = (plan.new_uts_ns, &bundle.hostname) {
+    if let (true, Some(name)) = (plan.new_uts_ns, &bundle.process.hostname) {
         // SAFETY: sethostname reads name.len() bytes from a live string.
         if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
             return Err((1, format!("cannot set hostname {name:?}: {}", os_err())));

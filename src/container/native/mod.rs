@@ -10,7 +10,6 @@ pub mod pty;
 pub mod sys;
 pub mod wait;
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -18,7 +17,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
-use sys::{os_err, pipe, write_all};
+use sys::{os_err, path_c, pipe, write_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,12 +61,7 @@ fn clone_flag(t: LinuxNamespaceType) -> libc::c_int {
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::Sys(
-            format!("open {}", path.display()),
-            std::io::ErrorKind::InvalidInput.into(),
-        )
-    })?;
+    let c = path_c(path).map_err(sys(&format!("open {}", path.display())))?;
     // SAFETY: open with a NUL-terminated path; the fd is owned below.
     let fd = unsafe {
         libc::open(
@@ -82,15 +76,10 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// exec.fifo, which the init opens to wait for `start`; owned by the init's user.
-fn make_fifo(bundle: &Bundle, state_dir: &Path) -> Result<(), Error> {
-    let fifo =
-        CString::new(state_dir.join("exec.fifo").as_os_str().as_encoded_bytes()).map_err(|_| {
-            Error::Sys(
-                "name the fifo".into(),
-                std::io::ErrorKind::InvalidInput.into(),
-            )
-        })?;
+/// exec.fifo, which a native init or a sandbox's monitor opens to wait for `start`; owned by
+/// the user a native init runs as.
+pub fn make_fifo(bundle: &Bundle, state_dir: &Path) -> Result<(), Error> {
+    let fifo = path_c(&state_dir.join("exec.fifo")).map_err(sys("name exec.fifo"))?;
     // SAFETY: mkfifo with a NUL-terminated path.
     if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
         return Err(Error::Sys("make exec.fifo".into(), os_err()));
@@ -130,7 +119,6 @@ pub fn create(
     cgroup: &Cgroup,
     terminal: bool,
 ) -> Result<(i32, Option<OwnedFd>), Error> {
-    make_fifo(bundle, state_dir)?;
     let (flags, join) = namespaces(bundle)?;
     let plan = init::Plan {
         bundle,
@@ -234,12 +222,7 @@ fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<(), Error> {
 /// Releases a created container: opens its fifo, which lets the init go on to run the process.
 pub fn start(state_dir: &Path) -> Result<(), Error> {
     let path = state_dir.join("exec.fifo");
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::Sys(
-            "name the fifo".into(),
-            std::io::ErrorKind::InvalidInput.into(),
-        )
-    })?;
+    let c = path_c(&path).map_err(sys("name exec.fifo"))?;
     // Non-blocking open: a dead init must not hang `start`.
     // SAFETY: open with a NUL-terminated path; the fd is owned below.
     let fd = unsafe {

@@ -14,7 +14,8 @@ pub fn cstr(bytes: &[u8]) -> Result<CString, String> {
         .map_err(|_| format!("{:?} contains a NUL byte", String::from_utf8_lossy(bytes)))
 }
 
-fn path_c(p: &Path) -> io::Result<CString> {
+/// A path as a C string (an interior NUL is InvalidInput).
+pub fn path_c(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 

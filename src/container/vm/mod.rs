@@ -99,12 +99,6 @@ fn size(bundle: &Bundle) -> (u64, u64) {
 pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
     let (kernel, initrd) = guest()?;
     let image = image::rootfs_image(&bundle.rootfs, &cache())?;
-    let fifo = std::ffi::CString::new(dir.join("exec.fifo").as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Sys(std::io::ErrorKind::InvalidInput.into()))?;
-    // SAFETY: mkfifo with a NUL-terminated path.
-    if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
-        return Err(Error::Sys(std::io::Error::last_os_error()));
-    }
     let (memory, vcpus) = size(bundle);
     let exe = crate::boot::vmm_exe().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut vmm = Command::new(exe);
