@@ -151,6 +151,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
         detach: args.detach,
         pid_file: args.pid_file,
         console_socket: args.console_socket,
+        capabilities: None,
     };
     if let Some(path) = &args.process {
         let text = std::fs::read(path).map_err(|e| Error::ProcessFile(path.clone(), e.into()))?;
@@ -162,6 +163,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
         opts.cwd = Some(p.cwd);
         opts.user = Some(format!("{}:{}", p.uid, p.gid));
         opts.tty |= p.terminal;
+        opts.capabilities = p.capabilities;
     }
     Ok(container::exec(g, &args.id, &opts)?)
 }

@@ -8,3 +8,4 @@ pub mod limits;
 pub mod oci;
 pub mod protocol;
 pub mod runner;
+pub mod security;

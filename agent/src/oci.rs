@@ -2,6 +2,7 @@
 //! agent apply (feature `oci`: the guest's static agent does not need the parser).
 
 use crate::protocol::RunSpec;
+use crate::security::{Caps, cap_mask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -9,6 +10,8 @@ pub enum Error {
     NoArgs,
     #[error("process.cwd must be an absolute path, not {0:?}")]
     RelativeCwd(String),
+    #[error("process.capabilities: {0}")]
+    Capability(String),
 }
 
 /// The settings of an OCI `process`; `root`, `readonly` and `hostname` are left for the caller.
@@ -38,6 +41,42 @@ pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<RunSpec, Error
             .collect(),
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
+        capabilities: p.capabilities().as_ref().map(caps).transpose()?,
         ..RunSpec::default()
     })
+}
+
+/// The five sets as masks; a set the spec leaves out is empty.
+fn caps(c: &oci_spec::runtime::LinuxCapabilities) -> Result<Caps, Error> {
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let names: Vec<String> = set.iter().flatten().map(|c| format!("CAP_{c}")).collect();
+        cap_mask(names.iter().map(String::as_str)).map_err(Error::Capability)
+    };
+    Ok(Caps {
+        bounding: mask(c.bounding())?,
+        effective: mask(c.effective())?,
+        permitted: mask(c.permitted())?,
+        inheritable: mask(c.inheritable())?,
+        ambient: mask(c.ambient())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_become_masks() {
+        let p: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0},
+                "capabilities":{"bounding":["CAP_KILL","CAP_CHOWN"],"effective":["CAP_KILL"],
+                                "ambient":["CAP_CHECKPOINT_RESTORE"]}}"#,
+        )
+        .unwrap();
+        let c = process_settings(&p).unwrap().capabilities.unwrap();
+        assert_eq!(c.bounding, 1 << 5 | 1);
+        assert_eq!(c.effective, 1 << 5);
+        assert_eq!((c.permitted, c.inheritable), (0, 0));
+        assert_eq!(c.ambient, 1 << 40);
+    }
 }

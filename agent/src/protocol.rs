@@ -75,6 +75,17 @@ pub struct RunSpec {
     /// The hostname to set (the whole guest is the container's, so the agent sets it).
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The capability sets; None leaves the runtime's own (as runc does without
+    /// `process.capabilities`).
+    #[serde(default)]
+    pub capabilities: Option<crate::security::Caps>,
+    /// Kernel parameters to set (`linux.sysctl`: key as sysctl names it, value), before the
+    /// process starts.
+    #[serde(default)]
+    pub sysctl: Vec<(String, String)>,
+    /// Seccomp filters compiled from `linux.seccomp`.
+    #[serde(default)]
+    pub seccomp: Option<crate::security::Seccomp>,
 }
 
 #[derive(Debug, thiserror::Error)]

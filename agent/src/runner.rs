@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{self, Kind, RunSpec};
+use crate::security::Seccomp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,6 +53,7 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
             return Err((format!("cannot set hostname {name:?}: {e}"), 126));
         }
     }
+    set_sysctls(&spec.sysctl).map_err(|why| (why, 126))?;
     let mut cmd = Command::new(program);
     if let Some(root) = root {
         let root = std::ffi::CString::new(root).map_err(|_| ("bad root path".to_string(), 126))?;
@@ -73,17 +75,36 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     }
     let (rlimits, nnp) = (spec.rlimits.clone(), spec.no_new_privileges);
     let (uid, gid, groups) = (spec.uid, spec.gid, spec.additional_gids.clone());
-    // SAFETY: limits and credentials between fork and exec, on data prepared before the fork
-    // (in this order: raising limits and setting groups need the agent's privileges).
+    let (caps, filters) = (
+        spec.capabilities,
+        spec.seccomp.as_ref().map(Seccomp::unpack),
+    );
+    // SAFETY: limits, credentials, capabilities and seccomp between fork and exec, on data
+    // prepared before the fork, in runc's order (raising limits, setting groups and dropping
+    // from the bounding set need the agent's privileges; seccomp without no_new_privs too).
     unsafe {
         cmd.pre_exec(move || {
             crate::limits::apply(&rlimits).map_err(io::Error::other)?;
+            if let (Some(f), false) = (&filters, nnp) {
+                f.install()?;
+            }
+            if let Some(c) = &caps {
+                c.before_setuid()?;
+            }
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                 || libc::setgid(gid) != 0
                 || libc::setuid(uid) != 0
-                || (nnp && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
             {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(c) = &caps {
+                c.after_setuid()?;
+            }
+            if nnp && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let (Some(f), true) = (&filters, nnp) {
+                f.install()?;
             }
             Ok(())
         });
@@ -101,6 +122,21 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
         io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
         _ => (format!("cannot run {program}: {e}"), 126),
     })
+}
+
+/// `linux.sysctl` for the whole guest, which is the container's.
+fn set_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
+    for (key, value) in sysctl {
+        if key
+            .split('.')
+            .any(|part| part.is_empty() || part.contains('/'))
+        {
+            return Err(format!("bad sysctl name {key:?}"));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl {key}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later

@@ -300,3 +300,40 @@ fn a_container_root_is_mounted_from_a_disk_writable_through_an_overlay() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn capabilities_and_seccomp_are_applied() {
+    use gureum_agent::security::{Caps, Seccomp};
+    let kill = 1 << 5;
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // mkdir (83) and mkdirat (258) fail with EACCES; everything else is allowed.
+    let program = [
+        insn(0x20, 0, 0, 0),
+        insn(0x15, 2, 0, 83),
+        insn(0x15, 1, 0, 258),
+        insn(0x06, 0, 0, 0x7fff_0000),
+        insn(0x06, 0, 0, 0x0005_0000 | 13),
+    ];
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "grep ^CapEff /proc/self/status; mkdir /tmp/x$$ 2>&1",
+    ]);
+    s.capabilities = Some(Caps {
+        bounding: kill,
+        effective: kill,
+        permitted: kill,
+        inheritable: kill,
+        ambient: 0,
+    });
+    s.seccomp = Some(Seccomp {
+        filters: vec![Seccomp::pack(&program)],
+        flags: 0,
+    });
+    s.no_new_privileges = true;
+    let (ended, out, _) = Agent::start().run(s, vec![]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(ended.status, 1, "{out}");
+    assert!(out.starts_with("CapEff:\t0000000000000020\n"), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+}

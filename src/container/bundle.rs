@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,14 @@ pub enum Error {
     NoRootfs(PathBuf),
     #[error("annotation gureum.isolation must be vm or native, not {0:?}")]
     BadIsolation(String),
+    #[error(
+        "sysctl {0} is not isolated by the container's namespaces (only kernel.msg*, kernel.sem, \
+         kernel.shm*, fs.mqueue.* with an ipc namespace, net.* with a network namespace, \
+         kernel.hostname and kernel.domainname with a uts namespace)"
+    )]
+    Sysctl(String),
+    #[error("linux.seccomp")]
+    Seccomp(#[from] super::seccomp::Error),
 }
 
 /// Where a container runs: in its own microVM or in namespaces on this host.
@@ -52,6 +60,16 @@ pub struct Resources {
     pub cpu_quota_us: Option<i64>,
     pub cpu_period_us: Option<u64>,
     pub pids: Option<i64>,
+    /// `linux.resources.devices`, in order, as cgroup v1 writes them.
+    pub devices: Vec<DeviceRule>,
+}
+
+/// One device cgroup rule: allow or deny `access` (of r, w, m) to type a/c/b, major:minor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// "a 1:3 rwm" as devices.allow / devices.deny take it ("*" for any number).
+    pub rule: String,
 }
 
 /// A bundle ready to run.
@@ -96,6 +114,17 @@ impl Bundle {
             return Err(Error::NoRootfs(rootfs));
         }
         process.readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
+        let linux = spec.linux().as_ref();
+        process.sysctl = linux
+            .and_then(|l| l.sysctl().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        process.sysctl.sort();
+        process.seccomp = linux
+            .and_then(|l| l.seccomp().as_ref())
+            .map(super::seccomp::compile)
+            .transpose()?;
         Ok(Self {
             resources: resources(&spec),
             annotations: spec.annotations().clone().unwrap_or_default(),
@@ -114,6 +143,38 @@ impl Bundle {
             Some("native") => Ok(Some(Isolation::Native)),
             Some(other) => Err(Error::BadIsolation(other.to_string())),
         }
+    }
+
+    /// Refuses a sysctl that would change the host, natively: only those a namespace the
+    /// container gets of its own isolates (runc's rule). In a microVM the guest is the
+    /// container's, so any goes.
+    pub fn check_sysctls(&self) -> Result<(), Error> {
+        let ns = self.namespaces();
+        let new = |t: LinuxNamespaceType| ns.iter().any(|(k, path)| *k == t && path.is_none());
+        for (key, _) in &self.process.sysctl {
+            let ipc = [
+                "kernel.msgmax",
+                "kernel.msgmnb",
+                "kernel.msgmni",
+                "kernel.sem",
+            ]
+            .contains(&key.as_str())
+                || key.starts_with("kernel.shm")
+                || key.starts_with("fs.mqueue.");
+            // Names only: no path of its own ("net./../../sysrq-trigger").
+            let plain = key
+                .split('.')
+                .all(|part| !part.is_empty() && !part.contains('/'));
+            let isolated = (ipc && new(LinuxNamespaceType::Ipc))
+                || (key.starts_with("net.") && new(LinuxNamespaceType::Network))
+                || (["kernel.hostname", "kernel.domainname"].contains(&key.as_str())
+                    && new(LinuxNamespaceType::Uts));
+            let ok = plain && isolated;
+            if !ok {
+                return Err(Error::Sysctl(key.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// The namespaces config.json asks for: (kind, path to join or None to create).
@@ -153,6 +214,26 @@ fn resources(spec: &Spec) -> Resources {
         cpu_quota_us: cpu.and_then(|c| c.quota()),
         cpu_period_us: cpu.and_then(|c| c.period()),
         pids: r.pids().as_ref().map(|p| p.limit()),
+        devices: r
+            .devices()
+            .iter()
+            .flatten()
+            .map(|d| {
+                let n = |v: Option<i64>| v.map_or_else(|| "*".to_string(), |v| v.to_string());
+                // The cgroup knows a, b and c; an unbuffered character device (u) is a c.
+                let typ = match d.typ() {
+                    Some(LinuxDeviceType::B) => "b",
+                    Some(LinuxDeviceType::C | LinuxDeviceType::U) => "c",
+                    Some(LinuxDeviceType::P) => "p",
+                    Some(LinuxDeviceType::A) | None => "a",
+                };
+                let access = d.access().clone().unwrap_or_else(|| "rwm".into());
+                DeviceRule {
+                    allow: d.allow(),
+                    rule: format!("{typ} {}:{} {access}", n(d.major()), n(d.minor())),
+                }
+            })
+            .collect(),
     }
 }
 

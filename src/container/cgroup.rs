@@ -1,6 +1,6 @@
 //! Cgroup limits for a native container, on cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`
 //! exists) or on v1 / hybrid hosts (one hierarchy per controller, as on this Debian host).
-//! Each container gets `gureum/<id>` in the memory, cpu and pids hierarchies.
+//! Each container gets `gureum/<id>` in the memory, cpu, pids and devices hierarchies.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,22 @@ pub enum Error {
 }
 
 const MOUNT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "devices"];
+
+/// Devices every container may use, after the spec's own rules (runc's list): mknod of any,
+/// null, zero, full, tty, random, urandom, the ptys and the tun device.
+const DEFAULT_DEVICES: [&str; 10] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 5:0 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 136:* rwm",
+    "c 5:2 rwm",
+];
 
 /// The container's cgroup directories (one on v2, one per controller on v1).
 #[derive(Debug, Clone)]
@@ -98,11 +113,31 @@ impl Cgroup {
         if let Some(m) = r.memory_bytes.filter(|&m| m > 0) {
             self.set("memory", "memory.limit_in_bytes", &m.to_string())?;
         }
+        self.devices(r)?;
         if let Some(q) = quota {
             self.set("cpu", "cpu.cfs_period_us", &period.to_string())?;
             self.set("cpu", "cpu.cfs_quota_us", &q.to_string())?;
         }
         self.set("pids", "pids.max", &pids)
+    }
+
+    /// The spec's device rules in order, then the defaults; none leaves the cgroup's own
+    /// (allow all). Cgroup v2 would need an eBPF device program: not enforced there yet.
+    fn devices(&self, r: &Resources) -> Result<(), Error> {
+        if r.devices.is_empty() {
+            return Ok(());
+        }
+        for d in &r.devices {
+            let file = if d.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            self.set("devices", file, &d.rule)?;
+        }
+        DEFAULT_DEVICES
+            .iter()
+            .try_for_each(|rule| self.set("devices", "devices.allow", rule))
     }
 
     fn set(&self, controller: &str, name: &str, value: &str) -> Result<(), Error> {

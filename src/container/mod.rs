@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cgroup;
 pub mod image;
 pub mod native;
+pub mod seccomp;
 pub mod state;
 pub mod vm;
 
@@ -136,8 +137,9 @@ fn create_with(
     opts: &CreateOptions,
 ) -> Result<(i32, Option<OwnedFd>), Error> {
     let isolation = isolation(g, bundle)?;
-    if isolation == Isolation::Vm {
-        vm::check_host()?;
+    match isolation {
+        Isolation::Vm => vm::check_host()?,
+        Isolation::Native => bundle.check_sysctls()?,
     }
     let store = Store::new(&g.root);
     let dir = store.reserve(id)?;
@@ -391,6 +393,8 @@ pub struct ExecOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// The process's capability sets (from --process); None keeps the container's.
+    pub capabilities: Option<gureum_agent::security::Caps>,
 }
 
 /// `exec`: a second process in a running container. Returns its exit status (0 if detached).
@@ -440,5 +444,8 @@ fn exec_process(base: &Process, opts: &ExecOptions) -> Result<Process, Error> {
         (p.uid, p.gid) = (uid, gid);
     }
     p.terminal = opts.tty;
+    if opts.capabilities.is_some() {
+        p.capabilities = opts.capabilities;
+    }
     Ok(p)
 }

@@ -106,7 +106,7 @@ impl Bundle {
     /// Nothing of container `id` is left: state, cgroups, processes, mounts.
     pub fn assert_gone(&self, id: &str) {
         assert!(!self.root.join(id).exists(), "state of {id} left behind");
-        for c in ["memory", "pids", "cpu"] {
+        for c in ["memory", "pids", "cpu", "devices"] {
             let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);
             assert!(!cg.exists(), "{} left behind", cg.display());
         }

@@ -110,10 +110,10 @@ fn prepare(plan: &Plan) -> Result<CString, Failure> {
     }
     let bundle = plan.bundle;
     if plan.new_mount_ns {
-        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, bundle.process.readonly)
-            .map_err(|e| (1, e))?;
+        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, &bundle.process).map_err(|e| (1, e))?;
     } else {
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
+        mounts::write_sysctls(&bundle.process.sysctl).map_err(|e| (1, e))?;
     }
     if let (true, Some(name)) = (plan.new_uts_ns, &bundle.process.hostname) {
         // SAFETY: sethostname reads name.len() bytes from a live string.
@@ -231,26 +231,49 @@ fn reset_signals() {
     }
 }
 
-/// Groups, gid, uid, no_new_privileges and cwd; the failing step and its exit status.
+/// Seccomp (before the rest without no_new_privs, as it then needs CAP_SYS_ADMIN), bounding
+/// set, groups, gid, uid, capabilities, no_new_privs, cwd, and seccomp last with
+/// no_new_privs; the exit status and one line for the step that failed.
 fn credentials_and_cwd(p: &Process) -> Result<(), (i32, String)> {
     let cwd = cstr(p.cwd.as_bytes()).unwrap_or_else(|_| CString::from(c"/"));
+    let security = |r: std::io::Result<()>| r.map_err(|e| (126, e.to_string()));
+    let filters = p
+        .seccomp
+        .as_ref()
+        .map(gureum_agent::security::Seccomp::unpack);
+    if let (Some(f), false) = (&filters, p.no_new_privileges) {
+        security(f.install())?;
+    }
+    if let Some(caps) = &p.capabilities {
+        security(caps.before_setuid())?;
+    }
+    let failed = |what: String| (126, format!("{what}: {}", os_err()));
     // SAFETY: credential calls with valid arguments.
     unsafe {
         if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0 {
-            return Err((126, "setgroups".into()));
+            return Err(failed("setgroups".into()));
         }
         if libc::setgid(p.gid) != 0 {
-            return Err((126, format!("setgid {}", p.gid)));
+            return Err(failed(format!("setgid {}", p.gid)));
         }
         if libc::setuid(p.uid) != 0 {
-            return Err((126, format!("setuid {}", p.uid)));
+            return Err(failed(format!("setuid {}", p.uid)));
         }
+    }
+    if let Some(caps) = &p.capabilities {
+        security(caps.after_setuid())?;
+    }
+    // SAFETY: prctl and chdir with valid arguments.
+    unsafe {
         if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err((126, "no_new_privs".into()));
+            return Err(failed("no_new_privs".into()));
         }
         if libc::chdir(cwd.as_ptr()) != 0 {
-            return Err((126, format!("chdir {}", p.cwd)));
+            return Err(failed(format!("chdir {}", p.cwd)));
         }
+    }
+    if let (Some(f), true) = (&filters, p.no_new_privileges) {
+        security(f.install())?;
     }
     Ok(())
 }
@@ -274,8 +297,9 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
             libc::ioctl(0, libc::TIOCSCTTY, 0);
         }
     }
-    if let Err((code, what)) = credentials_and_cwd(p) {
-        fail(code, &what);
+    if let Err((code, why)) = credentials_and_cwd(p) {
+        let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
+        exit(code);
     }
     let to_c = |v: &[String]| -> Vec<CString> {
         v.iter()

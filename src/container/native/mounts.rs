@@ -8,6 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{Mount, Spec};
 
+use crate::container::bundle::Process;
+
 use super::sys::{cstr, mount, os_err};
 
 /// `unsafe_path` inside `root`, with every symlink resolved as if `root` were `/`, so a
@@ -179,7 +181,7 @@ fn default_devices(rootfs: &Path) -> Result<(), String> {
 }
 
 /// Everything between "new mount namespace" and "root is the rootfs".
-pub fn setup_rootfs(spec: &Spec, rootfs: &Path, readonly: bool) -> Result<(), String> {
+pub fn setup_rootfs(spec: &Spec, rootfs: &Path, p: &Process) -> Result<(), String> {
     let none = None::<&Path>;
     mount(
         none,
@@ -208,7 +210,8 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, readonly: bool) -> Result<(), St
         default_devices(rootfs)?;
     }
     pivot_root(rootfs)?;
-    if readonly {
+    write_sysctls(&p.sysctl)?;
+    if p.readonly {
         mount(
             none,
             Path::new("/"),
@@ -235,6 +238,15 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, readonly: bool) -> Result<(), St
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `linux.sysctl`, through the container's /proc/sys (before it is made read-only).
+pub fn write_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
+    for (key, value) in sysctl {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl {key}: {e}"))?;
     }
     Ok(())
 }
