@@ -238,3 +238,127 @@ fn the_devices_cgroup_allows_only_the_spec_s_devices_and_the_defaults() {
     );
     b.assert_gone(&id("devices"));
 }
+
+fn hook(script: &str) -> serde_json::Value {
+    serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", script], "env": ["WHO=hook"]})
+}
+
+#[test]
+fn hooks_run_at_their_points_with_the_state_on_stdin() {
+    let b = Bundle::new(
+        "hooks",
+        serde_json::json!({"args": ["cat", "/tmp/started"]}),
+    );
+    let out_dir = b.dir.join("hooks-out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let d = out_dir.to_str().unwrap().to_string();
+    let save =
+        |name: &str| format!("cat > {d}/{name}.json; readlink /proc/self/ns/net > {d}/{name}.net");
+    let hooks = serde_json::json!({
+        "prestart": [hook(&save("prestart"))],
+        "createRuntime": [hook(&save("createRuntime"))],
+        "createContainer": [hook(&save("createContainer"))],
+        // In the container, after pivot_root: /tmp is the container's.
+        "startContainer": [hook("cat > /tmp/started; echo \" from $WHO\" >> /tmp/started")],
+        "poststart": [hook(&save("poststart"))],
+        "poststop": [hook(&save("poststop"))],
+    });
+    b.config(serde_json::json!({"args": ["cat", "/tmp/started"]}), |c| {
+        c["hooks"] = hooks
+    });
+    let out = b.run(&id("hooks"));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let state = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out_dir.join(format!("{name}.json")));
+        serde_json::from_str(&text.unwrap_or_else(|e| panic!("{name} did not run: {e}"))).unwrap()
+    };
+    let netns = |name: &str| std::fs::read_to_string(out_dir.join(format!("{name}.net"))).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let ours = format!("{}\n", ours.display());
+    for (name, status, in_container) in [
+        ("prestart", "creating", false),
+        ("createRuntime", "creating", false),
+        ("createContainer", "creating", true),
+        ("poststart", "running", false),
+        ("poststop", "stopped", false),
+    ] {
+        let s = state(name);
+        assert_eq!(s["id"], id("hooks"), "{name}: {s}");
+        assert_eq!(s["status"], status, "{name}: {s}");
+        assert_eq!(
+            netns(name) != ours,
+            in_container,
+            "{name} ran in the wrong namespace"
+        );
+    }
+    assert!(state("createRuntime")["pid"].as_i64().unwrap() > 0);
+    // The process saw what startContainer wrote: the state, then the hook's own env.
+    let (json, from) = out.stdout.split_once(" from ").unwrap();
+    let s: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        (s["id"].as_str(), from),
+        (Some(id("hooks").as_str()), "hook\n")
+    );
+    b.assert_gone(&id("hooks"));
+}
+
+#[test]
+fn a_failing_hook_before_start_is_one_error_and_leaves_nothing() {
+    let b = Bundle::new("badhook", serde_json::json!({"args": ["true"]}));
+    let cases = [
+        (
+            "createRuntime",
+            hook("echo boom >&2; exit 3"),
+            "exit status: 3): boom",
+        ),
+        ("createContainer", hook("exit 4"), "exit status: 4"),
+        ("startContainer", hook("exit 5"), "exit status: 5"),
+        (
+            "createRuntime",
+            serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}),
+            "timed out after 1 s",
+        ),
+        (
+            "prestart",
+            serde_json::json!({"path": "/no/such/hook"}),
+            "cannot run it",
+        ),
+    ];
+    for (point, h, want) in cases {
+        b.config(serde_json::json!({"args": ["true"]}), |c| {
+            c["hooks"] = serde_json::json!({point: [h]})
+        });
+        let out = b.run(&id("badhook"));
+        assert_ne!(out.code, Some(0), "{point}: {}", out.describe());
+        assert_eq!(out.stderr.lines().count(), 1, "{point}: {}", out.describe());
+        assert!(
+            out.stderr.contains(point) && out.stderr.contains(want),
+            "{point}: {}",
+            out.describe()
+        );
+        assert!(out.elapsed.as_secs() < 5, "{point}: took {:?}", out.elapsed);
+        b.assert_gone(&id("badhook"));
+    }
+}
+
+#[test]
+fn a_failing_poststart_hook_is_a_warning() {
+    let b = Bundle::new("posthook", serde_json::json!({"args": ["echo", "ran"]}));
+    b.config(
+        serde_json::json!({"args": ["echo", "ran"]}),
+        |c| {
+            c["hooks"] =
+                serde_json::json!({"poststart": [hook("exit 7")], "poststop": [hook("exit 8")]})
+        },
+    );
+    let out = b.run(&id("posthook"));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "ran\n");
+    assert!(
+        out.stderr.contains("warning: poststart hook")
+            && out.stderr.contains("warning: poststop hook"),
+        "{}",
+        out.describe()
+    );
+    b.assert_gone(&id("posthook"));
+}

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod cgroup;
+pub mod hooks;
 pub mod image;
 pub mod native;
 pub mod seccomp;
@@ -55,6 +56,13 @@ pub enum Error {
     User(String),
     #[error("bad --env {0:?} (expected NAME=VALUE)")]
     Env(String),
+    #[error(transparent)]
+    Hook(#[from] hooks::Error),
+    #[error(
+        "createContainer and startContainer hooks run in the container's namespaces, which a \
+         microVM sandbox does not share with the host: use --isolation native"
+    )]
+    VmHooks,
 }
 
 impl Error {
@@ -138,7 +146,14 @@ fn create_with(
 ) -> Result<(i32, Option<OwnedFd>), Error> {
     let isolation = isolation(g, bundle)?;
     match isolation {
-        Isolation::Vm => vm::check_host()?,
+        Isolation::Vm => {
+            vm::check_host()?;
+            let hooks = bundle.spec.hooks().as_ref();
+            let inside = [hooks::Point::CreateContainer, hooks::Point::StartContainer];
+            if inside.iter().any(|p| hooks::has(*p, hooks)) {
+                return Err(Error::VmHooks);
+            }
+        }
         Isolation::Native => bundle.check_sysctls()?,
     }
     let store = Store::new(&g.root);
@@ -157,15 +172,20 @@ fn create_with(
         created: state::now_rfc3339(),
         annotations: bundle.annotations.clone(),
         process: bundle.process.clone(),
+        hooks: bundle.spec.hooks().clone(),
     };
     store.save(&record)?;
     native::make_fifo(bundle, &dir)?;
     let (pid, master) = match isolation {
         Isolation::Native => {
             let cgroup = Cgroup::create(id, &bundle.resources)?;
-            native::create(bundle, &dir, &cgroup, bundle.process.terminal)?
+            native::create(bundle, &record, &dir, &cgroup, bundle.process.terminal)?
         }
-        Isolation::Vm => (vm::create(bundle, &dir)?, None),
+        Isolation::Vm => {
+            let pid = vm::create(bundle, &dir)?;
+            runtime_hooks(&record, pid)?;
+            (pid, None)
+        }
     };
     record.pid = pid;
     record.pid_start = state::start_time(pid).unwrap_or_default();
@@ -173,6 +193,29 @@ fn create_with(
     write_pid_file(opts.pid_file.as_deref(), pid)?;
     undo.armed = false;
     Ok((pid, master))
+}
+
+/// prestart and createRuntime hooks of a sandbox, once its monitor runs (a native init asks
+/// for them itself, before pivot_root). A failure kills the monitor.
+fn runtime_hooks(record: &Record, pid: i32) -> Result<(), Error> {
+    let state = state::hook_state(record, Status::Creating, pid);
+    let hooks = record.hooks.as_ref();
+    let result = hooks::run(hooks::Point::Prestart, hooks, &state)
+        .and_then(|()| hooks::run(hooks::Point::CreateRuntime, hooks, &state));
+    if result.is_err() {
+        // SAFETY: kills and reaps our own child, the sandbox's monitor.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    Ok(result?)
+}
+
+/// Runs the poststart hooks of a container whose process just started.
+fn poststart(record: &Record) {
+    let state = state::hook_state(record, Status::Running, record.pid);
+    hooks::run_warning(hooks::Point::Poststart, record.hooks.as_ref(), &state);
 }
 
 /// Sends the pty master to the console socket (runc's protocol: one SCM_RIGHTS message).
@@ -189,6 +232,7 @@ pub fn start(g: &Global, id: &str) -> Result<(), Error> {
     expect(&store, &record, Status::Created)?;
     // A native init and a sandbox's monitor both wait on exec.fifo.
     native::start(&store.dir(id))?;
+    poststart(&record);
     Ok(())
 }
 
@@ -214,6 +258,9 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
     let store = Store::new(&g.root);
     let started = native::start(&store.dir(id));
     phases.push(("started", state::monotonic_us()));
+    if started.is_ok() {
+        poststart(&store.load(id)?);
+    }
     let code = match started {
         Ok(()) => wait(pid, &signals, master.as_ref()),
         Err(e) => {
@@ -288,6 +335,8 @@ fn destroy(store: &Store, record: &Record) {
     cgroup.remove();
     image::bundle::remove(&store.image_dir(&record.id));
     let _ = store.remove(&record.id);
+    let state = state::hook_state(record, Status::Stopped, record.pid);
+    hooks::run_warning(hooks::Point::Poststop, record.hooks.as_ref(), &state);
 }
 
 /// `state`: the OCI state JSON.

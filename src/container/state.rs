@@ -59,6 +59,9 @@ pub struct Record {
     pub annotations: std::collections::HashMap<String, String>,
     /// The process settings, the base of `exec`.
     pub process: Process,
+    /// The bundle's hooks, for `start` and `delete` to run theirs.
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// The OCI runtime-spec state, as `gureum state` prints it.
@@ -72,6 +75,33 @@ pub struct OciState {
     pub pid: Option<i32>,
     pub bundle: PathBuf,
     pub annotations: std::collections::HashMap<String, String>,
+}
+
+impl OciState {
+    pub fn of(record: &Record, status: Status) -> Self {
+        let mut annotations = record.annotations.clone();
+        annotations.insert(
+            "gureum.isolation".into(),
+            record.isolation.as_str().to_string(),
+        );
+        OciState {
+            oci_version: "1.2.0".into(),
+            id: record.id.clone(),
+            status,
+            pid: (status != Status::Stopped && record.pid > 0).then_some(record.pid),
+            bundle: record.bundle.clone(),
+            annotations,
+        }
+    }
+}
+
+/// The state a hook reads on stdin: `record` with `status`, its process `pid`.
+pub fn hook_state(record: &Record, status: Status, pid: i32) -> Vec<u8> {
+    let record = Record {
+        pid,
+        ..record.clone()
+    };
+    serde_json::to_vec(&OciState::of(&record, status)).unwrap_or_default()
 }
 
 /// The state directory of all containers.
@@ -158,20 +188,7 @@ impl Store {
     }
 
     pub fn oci_state(&self, record: &Record) -> OciState {
-        let status = self.status(record);
-        let mut annotations = record.annotations.clone();
-        annotations.insert(
-            "gureum.isolation".into(),
-            record.isolation.as_str().to_string(),
-        );
-        OciState {
-            oci_version: "1.2.0".into(),
-            id: record.id.clone(),
-            status,
-            pid: (status != Status::Stopped && record.pid > 0).then_some(record.pid),
-            bundle: record.bundle.clone(),
-            annotations,
-        }
+        OciState::of(record, self.status(record))
     }
 
     /// Every container with a readable record, sorted by ID.

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::mounts;
 use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, sigset_of, write_all};
 use crate::container::bundle::{Bundle, Process};
+use crate::container::hooks::{self, Point};
 
 /// What the container's init needs, prepared by the parent before the clone.
 pub struct Plan<'a> {
@@ -51,7 +52,7 @@ pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
             ),
         );
     }
-    let exe = prepare(plan).unwrap_or_else(|f| fail(&report, f));
+    let (exe, state) = prepare(plan, go, &report).unwrap_or_else(|f| fail(&report, f));
     ready(&report, plan.terminal);
     drop(report);
     // Block until `start` opens the fifo for reading.
@@ -69,7 +70,13 @@ pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
     // SAFETY: closes the fifo fd we opened above.
     unsafe { libc::close(fifo) };
     let process = &plan.bundle.process;
-    shim(&exe, process)
+    shim(&exe, process, || {
+        let hooks = plan.bundle.spec.hooks().as_ref();
+        if let Err(e) = hooks::run(Point::StartContainer, hooks, &state) {
+            let _ = write_all(2, format!("gureum: {e}\n").as_bytes());
+            exit(1);
+        }
+    })
 }
 
 /// Reports a failure to gureum and ends this process.
@@ -100,8 +107,9 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Namespaces, filesystem, hostname; then the executable's path in the container.
-fn prepare(plan: &Plan) -> Result<CString, Failure> {
+/// Namespaces, filesystem (and the hooks before pivot_root), hostname; then the executable's
+/// path in the container and its state for startContainer hooks (empty without hooks).
+fn prepare(plan: &Plan, go: &OwnedFd, report: &OwnedFd) -> Result<(CString, Vec<u8>), Failure> {
     for (nstype, fd) in &plan.join {
         // SAFETY: setns on a namespace fd we own.
         if unsafe { libc::setns(fd.as_raw_fd(), *nstype) } != 0 {
@@ -109,9 +117,23 @@ fn prepare(plan: &Plan) -> Result<CString, Failure> {
         }
     }
     let bundle = plan.bundle;
+    let mut state = Vec::new();
+    let mut before_pivot = || -> Result<(), String> {
+        if hooks::any_before_start(bundle.spec.hooks().as_ref()) {
+            state = hooks_before_pivot(bundle, go, report)?;
+        }
+        Ok(())
+    };
     if plan.new_mount_ns {
-        mounts::setup_rootfs(&bundle.spec, &bundle.rootfs, &bundle.process).map_err(|e| (1, e))?;
+        mounts::setup_rootfs(
+            &bundle.spec,
+            &bundle.rootfs,
+            &bundle.process,
+            &mut before_pivot,
+        )
+        .map_err(|e| (1, e))?;
     } else {
+        before_pivot().map_err(|e| (1, e))?;
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
         mounts::write_sysctls(&bundle.process.sysctl).map_err(|e| (1, e))?;
     }
@@ -121,7 +143,37 @@ fn prepare(plan: &Plan) -> Result<CString, Failure> {
             return Err((1, format!("cannot set hostname {name:?}: {}", os_err())));
         }
     }
-    check_process(&bundle.process)
+    Ok((check_process(&bundle.process)?, state))
+}
+
+/// Asks gureum to run prestart and createRuntime hooks and waits for the container's state,
+/// then runs createContainer hooks here: in the container's namespaces, before pivot_root.
+fn hooks_before_pivot(bundle: &Bundle, go: &OwnedFd, report: &OwnedFd) -> Result<Vec<u8>, String> {
+    write_all(report.as_raw_fd(), b"H").map_err(|e| format!("report to gureum: {e}"))?;
+    let mut len = [0u8; 4];
+    read_exact(go, &mut len)?;
+    let mut state = vec![0u8; u32::from_le_bytes(len) as usize];
+    read_exact(go, &mut state)?;
+    hooks::run(Point::CreateContainer, bundle.spec.hooks().as_ref(), &state)
+        .map_err(|e| e.to_string())?;
+    Ok(state)
+}
+
+/// Fills `buf` from `fd`; EOF (gureum gave up, e.g. its own hook failed) ends this process.
+fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> Result<(), String> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: reads into the live remainder of `buf`.
+        let n = unsafe { libc::read(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+        match n {
+            0 => exit(1),
+            n if n < 0 && os_err().kind() == std::io::ErrorKind::Interrupted => {}
+            n if n < 0 => return Err(format!("read from gureum: {}", os_err())),
+            n => done += n.unsigned_abs(),
+        }
+    }
+    Ok(())
 }
 
 fn chroot(root: &Path) -> Result<(), String> {
@@ -181,13 +233,15 @@ pub fn check_process(p: &Process) -> Result<CString, Failure> {
     }
 }
 
-/// Stay as the container's init: fork the process, forward signals, reap, exit with its status.
-fn shim(exe: &CString, p: &Process) -> ! {
+/// Stay as the container's init: fork the process (running `before_exec` in the child first),
+/// forward signals, reap, exit with its status.
+fn shim(exe: &CString, p: &Process, before_exec: impl FnOnce()) -> ! {
     let all = full_sigset();
     set_sigmask(libc::SIG_BLOCK, &all);
     // SAFETY: fork in a single-threaded process; the child only execs or exits.
     let child = unsafe { libc::fork() };
     if child == 0 {
+        before_exec();
         exec_process(exe, p);
     }
     if child < 0 {

@@ -17,6 +17,8 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
+use super::hooks::{self, Point};
+use super::state::{self, Record, Status};
 use sys::{os_err, path_c, pipe, write_all};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum Error {
     Sys(String, #[source] std::io::Error),
     #[error(transparent)]
     Cgroup(#[from] super::cgroup::Error),
+    #[error(transparent)]
+    Hook(#[from] super::hooks::Error),
 }
 
 impl Error {
@@ -115,6 +119,7 @@ fn namespaces(bundle: &Bundle) -> Result<(libc::c_int, Vec<(libc::c_int, OwnedFd
 /// Returns the init's pid. On an error nothing is left running.
 pub fn create(
     bundle: &Bundle,
+    record: &Record,
     state_dir: &Path,
     cgroup: &Cgroup,
     terminal: bool,
@@ -147,7 +152,7 @@ pub fn create(
     if pid < 0 {
         return Err(Error::Sys("clone the container's init".into(), os_err()));
     }
-    let result = admit(bundle, pid, cgroup, &go_w, &report_r);
+    let result = admit(bundle, record, pid, cgroup, &go_w, &report_r);
     if result.is_err() {
         // SAFETY: kills and reaps our own child.
         unsafe {
@@ -161,6 +166,7 @@ pub fn create(
 /// Parent's half of set-up: id maps, cgroup, go-ahead, then the init's report.
 fn admit(
     bundle: &Bundle,
+    record: &Record,
     pid: i32,
     cgroup: &Cgroup,
     go: &OwnedFd,
@@ -169,7 +175,12 @@ fn admit(
     write_id_maps(bundle, pid)?;
     cgroup.add(pid)?;
     write_all(go.as_raw_fd(), b"G").map_err(sys("start the container's init"))?;
-    let (answer, master) = pty::receive(report).map_err(sys("read the container's init"))?;
+    let mut first = Vec::new();
+    if hooks::any_before_start(bundle.spec.hooks().as_ref()) {
+        first = before_pivot_hooks(bundle, record, pid, go, report)?;
+    }
+    let (rest, master) = pty::receive(report).map_err(sys("read the container's init"))?;
+    let answer = [first, rest].concat();
     match answer.split_first() {
         Some((b'R', _)) => Ok(master),
         Some((b'E', rest)) if rest.len() >= 4 => {
@@ -182,6 +193,32 @@ fn admit(
         }
         _ => Err(Error::InitDied),
     }
+}
+
+/// The init stops before pivot_root and says 'H': prestart and createRuntime hooks run here,
+/// then the init gets the container's state (length-prefixed) for its own hooks. Returns what
+/// the init said instead of 'H' (a failure before the hooks point).
+fn before_pivot_hooks(
+    bundle: &Bundle,
+    record: &Record,
+    pid: i32,
+    go: &OwnedFd,
+    report: &OwnedFd,
+) -> Result<Vec<u8>, Error> {
+    let mut byte = [0u8; 1];
+    // SAFETY: reads one byte into a live buffer.
+    let n = unsafe { libc::read(report.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+    if n != 1 || byte[0] != b'H' {
+        return Ok(byte[..n.clamp(0, 1).unsigned_abs()].to_vec());
+    }
+    let state = state::hook_state(record, Status::Creating, pid);
+    let hooks = bundle.spec.hooks().as_ref();
+    hooks::run(Point::Prestart, hooks, &state)?;
+    hooks::run(Point::CreateRuntime, hooks, &state)?;
+    let len = u32::try_from(state.len()).unwrap_or_default();
+    let framed = [&len.to_le_bytes()[..], &state].concat();
+    write_all(go.as_raw_fd(), &framed).map_err(sys("send the container's state to its init"))?;
+    Ok(Vec::new())
 }
 
 /// The host uid and gid that a new user namespace's root maps to, if config.json has maps.

@@ -181,7 +181,12 @@ fn default_devices(rootfs: &Path) -> Result<(), String> {
 }
 
 /// Everything between "new mount namespace" and "root is the rootfs".
-pub fn setup_rootfs(spec: &Spec, rootfs: &Path, p: &Process) -> Result<(), String> {
+pub fn setup_rootfs(
+    spec: &Spec,
+    rootfs: &Path,
+    p: &Process,
+    before_pivot: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(), String> {
     let none = None::<&Path>;
     mount(
         none,
@@ -209,6 +214,7 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, p: &Process) -> Result<(), Strin
     if dev_is_tmpfs {
         default_devices(rootfs)?;
     }
+    before_pivot()?;
     pivot_root(rootfs)?;
     write_sysctls(&p.sysctl)?;
     if p.readonly {
