@@ -196,7 +196,7 @@ fn lifecycle(isolation: &'static str) {
         .parse()
         .unwrap();
     assert_eq!(state["pid"], pid);
-    assert_eq!(state["annotations"]["gureum.isolation"], isolation);
+    assert_eq!(state["annotations"]["gureum.isolation"], b.isolation);
     assert_eq!(state["bundle"], bundle);
     // A second create with the same ID is refused and changes nothing.
     let dup = b.gureum(&["create", "--bundle", &bundle, &name]);
@@ -241,9 +241,14 @@ fn lifecycle(isolation: &'static str) {
 
 #[test]
 fn twenty_containers_at_once_leave_nothing_behind() {
-    let b = Bundle::new(
+    isolations().into_iter().for_each(twenty);
+}
+
+fn twenty(isolation: &'static str) {
+    let b = Bundle::with_isolation(
         "twenty",
         serde_json::json!({"args": ["sh", "-c", "echo $(hostname) ok"]}),
+        isolation,
     );
     let bundle = b.dir.to_str().unwrap().to_string();
     let children: Vec<_> = (0..20)
@@ -261,7 +266,7 @@ fn twenty_containers_at_once_leave_nothing_behind() {
         .collect();
     for (name, child) in children {
         let out = finish(child, Duration::from_secs(30));
-        assert_eq!(out.code, Some(0), "{name}: {}", out.describe());
+        assert_eq!(out.code, Some(0), "{isolation} {name}: {}", out.describe());
         assert_eq!(out.stdout, "gureum-test ok\n");
         b.assert_gone(&name);
     }

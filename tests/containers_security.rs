@@ -362,3 +362,49 @@ fn a_failing_poststart_hook_is_a_warning() {
     );
     b.assert_gone(&id("posthook"));
 }
+
+#[test]
+fn a_sandbox_runs_its_runtime_hooks_and_refuses_container_ones() {
+    for isolation in isolations().into_iter().filter(|&i| i != "native") {
+        let b = Bundle::with_isolation("vmhooks", serde_json::json!({"args": ["true"]}), isolation);
+        let out_dir = b.dir.join("hooks-out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let d = out_dir.to_str().unwrap().to_string();
+        let points = ["prestart", "createRuntime", "poststart", "poststop"];
+        let hooks: serde_json::Map<String, serde_json::Value> = points
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    serde_json::json!([hook(&format!("cat > {d}/{p}.json"))]),
+                )
+            })
+            .collect();
+        b.config(serde_json::json!({"args": ["true"]}), |c| {
+            c["hooks"] = hooks.into()
+        });
+        let out = b.run(&id("vmhooks"));
+        assert_eq!(out.code, Some(0), "{isolation}: {}", out.describe());
+        for (p, status) in points
+            .iter()
+            .zip(["creating", "creating", "running", "stopped"])
+        {
+            let text = std::fs::read_to_string(out_dir.join(format!("{p}.json"))).unwrap();
+            let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(s["status"], status, "{p}: {s}");
+            assert_eq!(s["annotations"]["gureum.isolation"], "vm", "{p}: {s}");
+        }
+        b.assert_gone(&id("vmhooks"));
+        b.config(serde_json::json!({"args": ["true"]}), |c| {
+            c["hooks"] = serde_json::json!({"startContainer": [hook("true")]})
+        });
+        let out = b.run(&id("vmhooks"));
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(
+            out.stderr.contains("--isolation native"),
+            "{}",
+            out.describe()
+        );
+        b.assert_gone(&id("vmhooks"));
+    }
+}

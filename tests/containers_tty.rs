@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, id, wait_for_status};
+use common::bundle::{Bundle, id, isolations, wait_for_status};
 use common::finish;
 
 /// A gureum command whose stdin and stdout are a pty this test holds, and what it has printed.
@@ -87,7 +87,12 @@ impl Session {
 
 #[test]
 fn a_tty_session_echoes_typed_input() {
-    let b = Bundle::new("tty", serde_json::json!({"args": ["sh"], "terminal": true}));
+    isolations().into_iter().for_each(tty_session);
+}
+
+fn tty_session(isolation: &'static str) {
+    let process = serde_json::json!({"args": ["sh"], "terminal": true});
+    let b = Bundle::with_isolation("tty", process, isolation);
     let bundle = b.dir.to_str().unwrap().to_string();
     let mut s = Session::start(b.command(&["run", "--bundle", &bundle, &id("tty")]));
     s.type_line("echo $((6*7))-$(tty)\n");
@@ -99,12 +104,17 @@ fn a_tty_session_echoes_typed_input() {
     assert!(s.until("42-/dev/pts/0"), "no answer: {:?}", s.text());
     s.type_line("exit 5\n");
     let out = s.finish();
-    assert_eq!(out.code, Some(5), "{}", out.describe());
+    assert_eq!(out.code, Some(5), "{isolation}: {}", out.describe());
 }
 
 #[test]
 fn exec_with_a_terminal_into_a_running_container() {
-    let b = Bundle::new("exectty", serde_json::json!({"args": ["sleep", "30"]}));
+    isolations().into_iter().for_each(exec_tty);
+}
+
+fn exec_tty(isolation: &'static str) {
+    let process = serde_json::json!({"args": ["sleep", "30"]});
+    let b = Bundle::with_isolation("exectty", process, isolation);
     let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("exectty");
     // The container keeps create's stdio: give it none, so nothing waits on its pipes.
@@ -158,11 +168,13 @@ fn receive_fd(conn: &std::os::unix::net::UnixStream) -> OwnedFd {
 
 #[test]
 fn create_hands_the_terminal_to_the_console_socket() {
-    let b = Bundle::new(
-        "console",
-        serde_json::json!({"args": ["sh", "-c", "echo on $(tty); read x; echo got $x"],
-                           "terminal": true}),
-    );
+    isolations().into_iter().for_each(console_socket);
+}
+
+fn console_socket(isolation: &'static str) {
+    let process = serde_json::json!({"args": ["sh", "-c", "echo on $(tty); read x; echo got $x"],
+                                     "terminal": true});
+    let b = Bundle::with_isolation("console", process, isolation);
     let bundle = b.dir.to_str().unwrap().to_string();
     let socket = b.dir.join("console.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();

@@ -94,3 +94,9 @@ pub fn signal<W: Write>(writer: &Shared<W>, sig: i32) -> std::io::Result<()> {
     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
     protocol::write_frame(&mut *w, Kind::Signal, &sig.to_le_bytes())
 }
+
+/// Tell the agent the terminal's new size (rows, columns).
+pub fn resize<W: Write>(writer: &Shared<W>, size: (u16, u16)) -> std::io::Result<()> {
+    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+    protocol::write_frame(&mut *w, Kind::Resize, &crate::pty::encode_size(size))
+}

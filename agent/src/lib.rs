@@ -7,5 +7,6 @@ pub mod limits;
 #[cfg(feature = "oci")]
 pub mod oci;
 pub mod protocol;
+pub mod pty;
 pub mod runner;
 pub mod security;

@@ -16,9 +16,13 @@ fn main() {
     let guest_init = pid1 && args.len() == 1;
     let result = match args.get(1..).unwrap_or_default() {
         [flag, path] if flag == "--listen" => listen(path),
+        [flag, path, port] if flag == "--listen-hybrid" => listen_hybrid(path, port),
         [] if guest_init => init(),
         _ => {
-            eprintln!("usage: gureum-agent --listen PATH (or as a guest's /init)");
+            eprintln!(
+                "usage: gureum-agent --listen PATH | --listen-hybrid PATH PORT \
+                 (or as a guest's /init)"
+            );
             std::process::exit(2);
         }
     };
@@ -47,6 +51,7 @@ fn init() -> Result<(), String> {
     gureum_agent::runner::mount("proc", "/proc", "proc", 0, "")?;
     gureum_agent::runner::mount("sysfs", "/sys", "sysfs", 0, "")?;
     gureum_agent::runner::mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
+    gureum_agent::runner::mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666,mode=0620")?;
     gureum_agent::runner::mount("tmpfs", "/run", "tmpfs", 0, "")?;
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
@@ -127,13 +132,44 @@ fn serve_vsock(port: u32) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    let first = accept(&listener)?;
+    serve_all(move || accept(&listener))
+}
+
+/// The first connection is the container's process, and the agent's work ends with it; every
+/// later one (an exec session) is served on its own thread meanwhile.
+fn serve_all(
+    mut accept: impl FnMut() -> Result<std::fs::File, String> + Send + 'static,
+) -> Result<(), String> {
+    let first = accept()?;
     std::thread::spawn(move || {
-        while let Ok(conn) = accept(&listener) {
+        while let Ok(conn) = accept() {
             std::thread::spawn(move || serve_file(conn));
         }
     });
     serve_file(first)
+}
+
+/// Firecracker's hybrid vsock, host side included, on a Unix socket: each connection first
+/// says `CONNECT PORT`, and is answered `OK 1`. Lets gureum's sandbox monitor drive the agent
+/// natively, through a stand-in for the VMM (tests/standin-vmm.sh), where no guest can run.
+fn listen_hybrid(path: &str, port: &str) -> Result<(), String> {
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {path}: {e}"))?;
+    let want = format!("CONNECT {port}");
+    serve_all(move || {
+        loop {
+            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while std::io::Read::read(&mut conn, &mut byte).map_err(|e| e.to_string())? == 1
+                && byte[0] != b'\n'
+            {
+                line.push(byte[0]);
+            }
+            if line == want.as_bytes() && std::io::Write::write_all(&mut conn, b"OK 1\n").is_ok() {
+                return Ok(std::fs::File::from(OwnedFd::from(conn)));
+            }
+        }
+    })
 }
 
 fn accept(listener: &OwnedFd) -> Result<std::fs::File, String> {

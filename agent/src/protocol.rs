@@ -20,6 +20,8 @@ pub enum Kind {
     StdinEof = 3,
     /// host → agent: a signal number (4 bytes) for the process.
     Signal = 4,
+    /// host → agent: the terminal's new size, rows and columns (2 bytes each, little-endian).
+    Resize = 5,
     /// agent → host: the process started; its pid (4 bytes).
     Started = 10,
     Stdout = 11,
@@ -37,6 +39,7 @@ impl Kind {
             2 => Self::Stdin,
             3 => Self::StdinEof,
             4 => Self::Signal,
+            5 => Self::Resize,
             10 => Self::Started,
             11 => Self::Stdout,
             12 => Self::Stderr,
@@ -69,9 +72,13 @@ pub struct RunSpec {
     pub rlimits: Vec<(String, u64, u64)>,
     #[serde(default)]
     pub no_new_privileges: bool,
-    /// The process gets a terminal (natively a pty; in a VM, not yet: stdio is piped).
+    /// The process gets a terminal: a pty is its stdin, stdout and stderr (all output comes
+    /// as Stdout frames).
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's size at the start: (rows, columns).
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
     /// The hostname to set (the whole guest is the container's, so the agent sets it).
     #[serde(default)]
     pub hostname: Option<String>,

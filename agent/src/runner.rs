@@ -1,12 +1,15 @@
 //! The agent side: take one [`RunSpec`], run it, and stream everything back.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{self, Kind, RunSpec};
+use crate::pty;
 use crate::security::Seccomp;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +37,7 @@ fn refuse<W: Write>(w: &Shared<W>, why: &str, status: i32) -> io::Result<()> {
     send(w, Kind::Exit, &status.to_le_bytes())
 }
 
-fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
+fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
     let program = spec
         .args
         .first()
@@ -73,6 +76,71 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
             });
         }
     }
+    let master = attach_stdio(&mut cmd, spec)?;
+    confine(&mut cmd, spec);
+    cmd.args(&spec.args[1..])
+        .env_clear()
+        .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')));
+    if spec.root.is_none() && !spec.cwd.is_empty() {
+        cmd.current_dir(&spec.cwd);
+    }
+    let child = cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
+        _ => (format!("cannot run {program}: {e}"), 126),
+    })?;
+    Ok((child, master))
+}
+
+/// The process's stdio: pipes, or with a terminal the slave of a new pty, which becomes its
+/// controlling terminal in a session of its own. Returns the pty's master.
+fn attach_stdio(cmd: &mut Command, spec: &RunSpec) -> Result<Option<OwnedFd>, (String, i32)> {
+    if !spec.terminal {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        return Ok(None);
+    }
+    let fail = |e: io::Error| (format!("cannot open a terminal: {e}"), 126);
+    let (master, slave) = pty::open_pair(c"/dev/ptmx").map_err(fail)?;
+    if let Some(size) = spec.winsize {
+        pty::set_winsize(&master, size);
+    }
+    let io = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(fail);
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
+    // SAFETY: setsid and TIOCSCTTY between fork and exec, on the child's own stdin.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(Some(master))
+}
+
+/// No signal blocked and every disposition the default: whatever the agent was started with
+/// (natively, a blocked mask or ignored signals are inherited), the process starts clean.
+/// Only async-signal-safe calls: this runs between fork and exec.
+fn reset_signals() {
+    // SAFETY: sigemptyset/sigprocmask on a local set, and signal(2) with SIG_DFL on valid
+    // numbers, in the forked child.
+    unsafe {
+        let mut none = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// Limits, credentials, capabilities and seccomp, applied between fork and exec.
+fn confine(cmd: &mut Command, spec: &RunSpec) {
     let (rlimits, nnp) = (spec.rlimits.clone(), spec.no_new_privileges);
     let (uid, gid, groups) = (spec.uid, spec.gid, spec.additional_gids.clone());
     let (caps, filters) = (
@@ -84,6 +152,7 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     // from the bounding set need the agent's privileges; seccomp without no_new_privs too).
     unsafe {
         cmd.pre_exec(move || {
+            reset_signals();
             crate::limits::apply(&rlimits).map_err(io::Error::other)?;
             if let (Some(f), false) = (&filters, nnp) {
                 f.install()?;
@@ -109,19 +178,6 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
             Ok(())
         });
     }
-    cmd.args(&spec.args[1..])
-        .env_clear()
-        .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if spec.root.is_none() && !spec.cwd.is_empty() {
-        cmd.current_dir(&spec.cwd);
-    }
-    cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
-        _ => (format!("cannot run {program}: {e}"), 126),
-    })
 }
 
 /// `linux.sysctl` for the whole guest, which is the container's.
@@ -179,6 +235,16 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
             mount(source, &path, fstype, 0, "")?;
         }
     }
+    // The guest's ptys, so that a terminal's slave has its name in the container too.
+    if Path::new("/dev/pts/ptmx").exists() && Path::new(&format!("{target}/dev")).is_dir() {
+        mount(
+            "/dev/pts",
+            &format!("{target}/dev/pts"),
+            "",
+            libc::MS_BIND,
+            "",
+        )?;
+    }
     Ok(target)
 }
 
@@ -223,45 +289,89 @@ fn pump<W: Write>(mut from: impl Read, kind: Kind, w: Shared<W>) {
     }
 }
 
-/// Serve one connection: the first frame must be a run request.
+/// Copy a pty's master into Stdout frames until it ends, or until the process has exited and
+/// nothing more came for a moment (something it left behind may hold the terminal open).
+fn pump_pty<W: Write>(master: std::fs::File, w: Shared<W>, exited: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live pollfd for up to 20 ms.
+        if unsafe { libc::poll(&mut pfd, 1, 20) } == 0 {
+            if exited.load(Ordering::Acquire) {
+                return;
+            }
+            continue;
+        }
+        match (&master).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if send(&w, Kind::Stdout, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The first frame must be a run request; signals and resizes sent before it (a race on the
+/// host's side) are dropped.
+fn read_spec(reader: &mut impl Read) -> Result<Option<RunSpec>, Error> {
+    loop {
+        match protocol::read_frame(reader)? {
+            Some((Kind::Run, payload)) => {
+                return serde_json::from_slice(&payload)
+                    .map(Some)
+                    .map_err(Error::BadSpec);
+            }
+            Some((Kind::Signal | Kind::Resize, _)) => {}
+            Some((kind, _)) => return Err(Error::NoRun(kind)),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Serve one connection: a run request, then stdin, signals and resizes until the host goes.
 pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Result<(), Error> {
     let w: Shared<W> = Arc::new(Mutex::new(writer));
-    let spec = match protocol::read_frame(&mut reader)? {
-        Some((Kind::Run, payload)) => {
-            serde_json::from_slice::<RunSpec>(&payload).map_err(Error::BadSpec)?
-        }
-        Some((kind, _)) => return Err(Error::NoRun(kind)),
-        None => return Ok(()),
+    let Some(spec) = read_spec(&mut reader)? else {
+        return Ok(());
     };
-    let mut child = match spawn(&spec) {
-        Ok(child) => child,
+    let (mut child, master) = match spawn(&spec) {
+        Ok(spawned) => spawned,
         Err((why, status)) => return Ok(refuse(&w, &why, status)?),
     };
     let pid = child.id();
     send(&w, Kind::Started, &pid.to_le_bytes())?;
-    let (out, err) = (child.stdout.take(), child.stderr.take());
-    let pumps: Vec<_> = [
-        (
-            out.map(|o| Box::new(o) as Box<dyn Read + Send>),
-            Kind::Stdout,
-        ),
-        (
-            err.map(|e| Box::new(e) as Box<dyn Read + Send>),
-            Kind::Stderr,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(r, kind)| r.map(|r| (r, kind)))
-    .map(|(r, kind)| {
-        let w = w.clone();
-        std::thread::spawn(move || pump(r, kind, w))
-    })
-    .collect();
-    let mut stdin = child.stdin.take();
+    let exited = Arc::new(AtomicBool::new(false));
+    let mut stdin: Option<Box<dyn Write + Send>>;
+    let mut pumps = Vec::new();
+    if let Some(m) = &master {
+        let (out, input) = (m.try_clone()?, m.try_clone()?);
+        let (w, exited) = (w.clone(), exited.clone());
+        pumps.push(std::thread::spawn(move || pump_pty(out.into(), w, exited)));
+        stdin = Some(Box::new(std::fs::File::from(input)));
+    } else {
+        let streams: [(Option<Box<dyn Read + Send>>, Kind); 2] = [
+            (child.stdout.take().map(|o| Box::new(o) as _), Kind::Stdout),
+            (child.stderr.take().map(|e| Box::new(e) as _), Kind::Stderr),
+        ];
+        for (r, kind) in streams {
+            if let Some(r) = r {
+                let w = w.clone();
+                pumps.push(std::thread::spawn(move || pump(r, kind, w)));
+            }
+        }
+        stdin = child.stdin.take().map(|s| Box::new(s) as _);
+    }
     let waiter = {
         let w = w.clone();
         std::thread::spawn(move || {
             let status = child.wait();
+            exited.store(true, Ordering::Release);
             for p in pumps {
                 let _ = p.join();
             }
@@ -272,7 +382,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Re
             let _ = send(&w, Kind::Exit, &code.to_le_bytes());
         })
     };
-    // Until the host goes away: stdin and signals for the process.
+    // Until the host goes away: stdin, signals and resizes for the process.
     while let Some((kind, payload)) = protocol::read_frame(&mut reader)? {
         match kind {
             Kind::Stdin => {
@@ -284,12 +394,18 @@ pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Re
                     stdin = None;
                 }
             }
-            Kind::StdinEof => stdin = None,
+            // A terminal stays open: the end of the host's input is not a hangup.
+            Kind::StdinEof if master.is_none() => stdin = None,
             Kind::Signal => {
                 if let (Some(sig), Ok(pid)) = (protocol::int(&payload), libc::pid_t::try_from(pid))
                 {
                     // SAFETY: signals our own child, which waiter has not reaped while it runs.
                     unsafe { libc::kill(pid, sig) };
+                }
+            }
+            Kind::Resize => {
+                if let (Some(m), Some(size)) = (&master, pty::decode_size(&payload)) {
+                    pty::set_winsize(m, size);
                 }
             }
             _ => {}

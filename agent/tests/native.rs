@@ -337,3 +337,50 @@ fn capabilities_and_seccomp_are_applied() {
     assert!(out.starts_with("CapEff:\t0000000000000020\n"), "{out}");
     assert!(out.contains("Permission denied"), "{out}");
 }
+
+#[test]
+fn a_terminal_is_a_pty_with_the_size_given_and_echoes_input() {
+    let mut s = spec(&["sh", "-c", "tty; stty size; read line; echo got:$line"]);
+    s.terminal = true;
+    s.winsize = Some((30, 100));
+    let (ended, out, err) = Agent::start().run(s, b"hello\n".to_vec());
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(ended.status, 0, "{out}");
+    assert!(err.is_empty(), "a terminal's output is all Stdout");
+    // The pty echoes what was typed (as soon as it arrives), and the process answers.
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{out:?}");
+    assert!(lines.contains(&"30 100"), "{out:?}");
+    assert!(lines.contains(&"hello"), "{out:?}");
+    assert!(out.ends_with("got:hello\r\n"), "{out:?}");
+}
+
+#[test]
+fn a_resize_reaches_the_terminal() {
+    use gureum_agent::protocol::{self, Kind};
+    let mut s = spec(&["sh", "-c", "read a; stty size"]);
+    s.terminal = true;
+    s.winsize = Some((24, 80));
+    let agent = Agent::start();
+    let mut conn = agent.connect();
+    protocol::write_frame(&mut conn, Kind::Run, &serde_json::to_vec(&s).unwrap()).unwrap();
+    let size = gureum_agent::pty::encode_size((50, 132));
+    protocol::write_frame(&mut conn, Kind::Resize, &size).unwrap();
+    protocol::write_frame(&mut conn, Kind::Stdin, b"go\n").unwrap();
+    let mut out = Vec::new();
+    let status = loop {
+        match protocol::read_frame(&mut conn).unwrap() {
+            Some((Kind::Stdout, bytes)) => out.extend(bytes),
+            Some((Kind::Exit, code)) => break protocol::int(&code),
+            Some(_) => {}
+            None => panic!("no exit status"),
+        }
+    };
+    drop(conn);
+    agent.finish();
+    assert_eq!(status, Some(0));
+    assert!(
+        String::from_utf8_lossy(&out).ends_with("50 132\r\n"),
+        "{out:?}"
+    );
+}

@@ -10,7 +10,7 @@ pub mod seccomp;
 pub mod state;
 pub mod vm;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use bundle::{Bundle, Isolation, Process};
@@ -58,6 +58,8 @@ pub enum Error {
     Env(String),
     #[error(transparent)]
     Hook(#[from] hooks::Error),
+    #[error("exec -t in a microVM needs a terminal on stdin, or --console-socket")]
+    NoTerminal,
     #[error(
         "createContainer and startContainer hooks run in the container's namespaces, which a \
          microVM sandbox does not share with the host: use --isolation native"
@@ -120,7 +122,7 @@ fn write_pid_file(path: Option<&Path>, pid: i32) -> Result<(), Error> {
 /// `create`: the container is set up and waits for `start`.
 pub fn create(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Result<i32, Error> {
     let mut bundle = Bundle::load(bundle_dir)?;
-    terminal(g, &mut bundle, opts)?;
+    terminal(&mut bundle, opts);
     if bundle.process.terminal && opts.console_socket.is_none() {
         return Err(Error::NoConsoleSocket);
     }
@@ -131,11 +133,10 @@ pub fn create(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> 
     Ok(pid)
 }
 
-/// A terminal is a native container's: in a microVM the process's stdio is piped.
-fn terminal(g: &Global, bundle: &mut Bundle, opts: &CreateOptions) -> Result<(), Error> {
-    let native = isolation(g, bundle)? == Isolation::Native;
-    bundle.process.terminal = (bundle.process.terminal || opts.tty) && native;
-    Ok(())
+/// `process.terminal` or `-t`: the process gets a pty (natively opened in the container; in a
+/// microVM, the guest's, relayed through one on the host whose master gureum hands on).
+fn terminal(bundle: &mut Bundle, opts: &CreateOptions) {
+    bundle.process.terminal |= opts.tty;
 }
 
 fn create_with(
@@ -182,9 +183,9 @@ fn create_with(
             native::create(bundle, &record, &dir, &cgroup, bundle.process.terminal)?
         }
         Isolation::Vm => {
-            let pid = vm::create(bundle, &dir)?;
+            let (pid, master) = vm::create(bundle, &dir)?;
             runtime_hooks(&record, pid)?;
-            (pid, None)
+            (pid, master)
         }
     };
     record.pid = pid;
@@ -210,6 +211,23 @@ fn runtime_hooks(record: &Record, pid: i32) -> Result<(), Error> {
         }
     }
     Ok(result?)
+}
+
+/// A pty on the host: (master, slave).
+fn host_pty() -> Result<(OwnedFd, OwnedFd), Error> {
+    gureum_agent::pty::open_pair(c"/dev/ptmx").map_err(|e| Error::Io("open a pty".into(), e))
+}
+
+/// This process's terminal (stdin), for a sandbox's `exec -t`.
+fn own_terminal() -> Result<OwnedFd, Error> {
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(0) } != 1 {
+        return Err(Error::NoTerminal);
+    }
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Io("use this terminal".into(), e))
 }
 
 /// Runs the poststart hooks of a container whose process just started.
@@ -251,7 +269,7 @@ fn expect(store: &Store, record: &Record, want: Status) -> Result<(), Error> {
 /// `run`: create, start, wait, delete. Returns the process's exit status.
 pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Result<i32, Error> {
     let mut bundle = Bundle::load(bundle_dir)?;
-    terminal(g, &mut bundle, opts)?;
+    terminal(&mut bundle, opts);
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
     let (pid, master) = create_with(g, id, &bundle, opts)?;
     let mut phases = vec![("created", state::monotonic_us())];
@@ -453,7 +471,22 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
     expect(&store, &record, Status::Running)?;
     let process = exec_process(&record.process, opts)?;
     if record.isolation == Isolation::Vm {
-        return Ok(vm::exec(&store.dir(id), &process)?);
+        // Our own terminal is raw meanwhile: the guest's pty echoes and edits.
+        let mut _raw = None;
+        let tty = match (process.terminal, &opts.console_socket) {
+            (false, _) => None,
+            (true, Some(socket)) => {
+                let (master, slave) = host_pty()?;
+                send_console(socket, &master)?;
+                Some(slave)
+            }
+            (true, None) => {
+                let own = own_terminal()?;
+                _raw = crate::term::RawTerminal::enable(0);
+                Some(own)
+            }
+        };
+        return Ok(vm::exec(&store.dir(id), &process, tty)?);
     }
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
     let (pid, mut master) = native::exec(record.pid, &process, &Cgroup::of(id), process.terminal)?;

@@ -10,18 +10,53 @@ use super::{GUREUM, Output, busybox_rootfs, finish, scratch};
 pub struct Bundle {
     pub dir: PathBuf,
     pub root: PathBuf,
+    /// `--isolation`: native or vm.
     pub isolation: &'static str,
+    /// A sandbox whose VMM is the stand-in (tests/fixtures/standin-vmm.sh).
+    pub standin: bool,
 }
 
-/// The isolations to run each case in: natively always, in a microVM where the host can run
-/// our Linux guest (not on a PVM host, where `microvm_isolation_...` checks the refusal).
+/// The isolations to run each case in: natively always; in a microVM where the host can run our
+/// Linux guest; on a PVM host, where no guest's userspace can run, in a sandbox whose VMM is a
+/// stand-in serving the agent natively ("standin"), which proves gureum's and the agent's side.
 pub fn isolations() -> Vec<&'static str> {
     if super::host_is_pvm() {
-        eprintln!("microVM isolation not run here: this host's KVM is PVM");
-        vec!["native"]
+        eprintln!(
+            "microVM isolation through the stand-in VMM (tests/fixtures/standin-vmm.sh): \
+             this host's KVM is PVM, where no guest's userspace can run"
+        );
+        vec!["native", "standin"]
     } else {
         vec!["native", "vm"]
     }
+}
+
+/// gureum-agent built for this host, for the stand-in VMM (built here if `cargo test` did not).
+fn agent_bin() -> &'static Path {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        let dir = Path::new(GUREUM).parent().unwrap();
+        let agent = dir.join("gureum-agent");
+        if !agent.exists() {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args([
+                "build",
+                "--quiet",
+                "-p",
+                "gureum-agent",
+                "--bin",
+                "gureum-agent",
+            ]);
+            if dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            assert!(
+                cargo.status().unwrap().success(),
+                "cargo build -p gureum-agent"
+            );
+        }
+        agent
+    })
 }
 
 impl Bundle {
@@ -32,10 +67,12 @@ impl Bundle {
     pub fn with_isolation(tag: &str, process: serde_json::Value, isolation: &'static str) -> Self {
         let dir = scratch(tag);
         busybox_rootfs(&dir.join("rootfs"));
+        let standin = isolation == "standin";
         let bundle = Self {
             root: dir.join("state"),
             dir,
-            isolation,
+            isolation: if standin { "vm" } else { isolation },
+            standin,
         };
         bundle.config(process, |_| {});
         bundle
@@ -83,6 +120,12 @@ impl Bundle {
             .arg(&self.root)
             .args(["--isolation", self.isolation])
             .args(args);
+        if self.standin {
+            let fixture =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/standin-vmm.sh");
+            cmd.env("GUREUM_SANDBOX_VMM", fixture)
+                .env("GUREUM_AGENT_BIN", agent_bin());
+        }
         cmd
     }
 
@@ -105,6 +148,24 @@ impl Bundle {
 
     /// Nothing of container `id` is left: state, cgroups, processes, mounts.
     pub fn assert_gone(&self, id: &str) {
+        // A sandbox's VMM (or stand-in) names the container's vsock socket on its command
+        // line; a killed one may take a moment to go.
+        let socket = self.root.join(id).join("vsock.sock");
+        let socket = socket.to_str().unwrap();
+        let start = Instant::now();
+        let alive = || {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(socket))
+            })
+        };
+        while alive() {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "a VMM of {id} left running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert!(!self.root.join(id).exists(), "state of {id} left behind");
         for c in ["memory", "pids", "cpu", "devices"] {
             let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);

@@ -28,47 +28,16 @@ pub fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Opens a pty from the container's /dev/ptmx and makes its slave this process's stdio;
 /// returns the master.
 pub fn open_in_container() -> Result<OwnedFd, String> {
-    let fail = |what: &str| {
-        format!(
-            "process.terminal: cannot {what} (is /dev/pts mounted?): {}",
-            os_err()
-        )
+    let fail = |what: &str, e: std::io::Error| {
+        format!("process.terminal: cannot {what} (is /dev/pts mounted?): {e}")
     };
-    // SAFETY: open with a constant path; the fd is owned below.
-    let master = unsafe {
-        libc::open(
-            c"/dev/ptmx".as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if master < 0 {
-        return Err(fail("open /dev/ptmx"));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: unlockpt and ptsname_r on our master, into a buffer of the given length.
-    let slave = unsafe {
-        if libc::grantpt(master.as_raw_fd()) != 0
-            || libc::unlockpt(master.as_raw_fd()) != 0
-            || libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0
-        {
-            return Err(fail("unlock the pty"));
-        }
-        libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY)
-    };
-    if slave < 0 {
-        return Err(fail("open the pty's slave"));
-    }
+    let (master, slave) =
+        gureum_agent::pty::open_pair(c"/dev/ptmx").map_err(|e| fail("open a pty", e))?;
     for target in 0..3 {
         // SAFETY: dup2 onto this (child) process's standard descriptors.
-        if unsafe { libc::dup2(slave, target) } < 0 {
-            return Err(fail("attach the pty"));
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(fail("attach the pty", os_err()));
         }
-    }
-    if slave > 2 {
-        // SAFETY: closes the slave fd we opened; stdio holds its copies.
-        unsafe { libc::close(slave) };
     }
     Ok(master)
 }

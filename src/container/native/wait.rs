@@ -52,11 +52,11 @@ impl HeldSignals {
 }
 
 impl HeldSignals {
-    /// The next signal to pass on (blocking), skipping SIGCHLD and SIGWINCH.
+    /// The next signal to pass on (blocking; SIGWINCH included), skipping SIGCHLD.
     pub fn next_forwarded(&self) -> Option<libc::c_int> {
         loop {
             match self.next()? {
-                libc::SIGCHLD | libc::SIGWINCH => {}
+                libc::SIGCHLD => {}
                 sig => return Some(sig),
             }
         }

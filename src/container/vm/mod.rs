@@ -63,9 +63,16 @@ fn guest() -> Result<(PathBuf, PathBuf), Error> {
     Ok((kernel, initrd))
 }
 
+/// `GUREUM_SANDBOX_VMM`: a program started in place of gureum-vmm, with the same arguments.
+/// For tests of the sandbox's host half where no guest can run (tests/standin-vmm.sh serves
+/// the agent natively behind the vsock socket); the host check then lets it through.
+fn standin_vmm() -> Option<PathBuf> {
+    std::env::var_os("GUREUM_SANDBOX_VMM").map(PathBuf::from)
+}
+
 /// Refuses hosts where the guest cannot run, before anything is made.
 pub fn check_host() -> Result<(), Error> {
-    if crate::host_check::kvm_kind().0 == KvmKind::Pvm {
+    if crate::host_check::kvm_kind().0 == KvmKind::Pvm && standin_vmm().is_none() {
         return Err(Error::PvmHost);
     }
     guest().map(|_| ())
@@ -96,11 +103,15 @@ fn size(bundle: &Bundle) -> (u64, u64) {
 }
 
 /// Boots the sandbox and returns its monitor's pid once the agent answers.
-pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
+/// With `process.terminal`, the process's terminal is a pty on the host whose slave the
+/// monitor relays and whose master is returned, as a native container's would be.
+pub fn create(bundle: &Bundle, dir: &Path) -> Result<(i32, Option<OwnedFd>), Error> {
     let (kernel, initrd) = guest()?;
     let image = image::rootfs_image(&bundle.rootfs, &cache())?;
     let (memory, vcpus) = size(bundle);
-    let exe = crate::boot::vmm_exe().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let exe = standin_vmm()
+        .or_else(crate::boot::vmm_exe)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut vmm = Command::new(exe);
     vmm.arg("boot")
         .arg("--kernel")
@@ -119,20 +130,28 @@ pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
         ])
         .arg("--cmdline")
         .arg(format!("{CMDLINE} gureum.agent=vsock:{AGENT_PORT}"));
+    let (master, tty) = match bundle.process.terminal {
+        true => gureum_agent::pty::open_pair(c"/dev/ptmx")
+            .map(|(m, s)| (Some(m), Some(s)))
+            .map_err(Error::Sys)?,
+        false => (None, None),
+    };
     let (report_r, report_w) = pipe().map_err(Error::Sys)?;
     // SAFETY: fork from a single-threaded process; the child runs the monitor and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         drop(report_r);
-        monitor(vmm, bundle, dir, report_w);
+        drop(master);
+        monitor(vmm, bundle, dir, report_w, tty);
     }
     drop(report_w);
+    drop(tty);
     if pid < 0 {
         return Err(Error::Sys(std::io::Error::last_os_error()));
     }
     let answer = read_to_end(&report_r).map_err(Error::Sys)?;
     if answer.first() == Some(&b'R') {
-        return Ok(pid);
+        return Ok((pid, master));
     }
     // SAFETY: reaps the monitor, which exits after reporting a failure.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
@@ -145,21 +164,39 @@ pub fn create(bundle: &Bundle, dir: &Path) -> Result<i32, Error> {
 }
 
 /// The monitor process. Never returns.
-fn monitor(mut vmm: Command, bundle: &Bundle, dir: &Path, report: OwnedFd) -> ! {
+fn monitor(
+    mut vmm: Command,
+    bundle: &Bundle,
+    dir: &Path,
+    report: OwnedFd,
+    tty: Option<OwnedFd>,
+) -> ! {
     let fail = |why: String| -> ! {
         let _ = write_all(report.as_raw_fd(), format!("E{why}").as_bytes());
         // SAFETY: ends the monitor.
         unsafe { libc::_exit(1) }
     };
+    // With a terminal, the caller's stdio is not the process's: let go of it (a caller waiting
+    // for EOF on create's output must not wait for the container).
+    if let Some(t) = &tty {
+        for target in 0..3 {
+            // SAFETY: dup2 of a live fd onto this process's standard descriptors.
+            unsafe { libc::dup2(t.as_raw_fd(), target) };
+        }
+    }
     let log = dir.join("console.log");
     let out =
         std::fs::File::create(&log).unwrap_or_else(|e| fail(format!("{}: {e}", log.display())));
     let err = out.try_clone().unwrap_or_else(|e| fail(e.to_string()));
     vmm.stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: prctl in the VMM's child before exec: the VMM dies with its monitor.
+    // SAFETY: prctl and sigprocmask in the VMM's child before exec: the VMM dies with its
+    // monitor, and starts with no signal blocked (the monitor holds those it forwards).
     unsafe {
         vmm.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut none = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
@@ -189,7 +226,10 @@ fn monitor(mut vmm: Command, bundle: &Bundle, dir: &Path, report: OwnedFd) -> ! 
         Ok(()) => {
             let mut spec = bundle.process.clone();
             spec.root = Some("/dev/vda".into());
-            relay(conn, &spec)
+            if let Some(t) = &tty {
+                controlling_terminal(t);
+            }
+            relay(conn, &spec, tty.as_ref())
         }
         Err(_) => 255,
     };
@@ -238,25 +278,68 @@ fn try_connect(uds: &Path) -> std::io::Result<UnixStream> {
     }
 }
 
-/// Runs `spec` over `conn` with this process's stdio; signals received meanwhile become Signal
-/// frames. Returns the exit status.
-fn relay(conn: UnixStream, spec: &Process) -> i32 {
+/// Makes `tty` (a pty's slave) this process's controlling terminal, so that its window size
+/// changes arrive as SIGWINCH, and raw: the guest's own pty echoes and edits.
+fn controlling_terminal(tty: &OwnedFd) {
+    // SAFETY: setsid in the monitor (a forked child, so not a group leader); TIOCSCTTY,
+    // tcgetattr, cfmakeraw and tcsetattr on the live tty fd with a termios it filled.
+    unsafe {
+        libc::setsid();
+        libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0);
+        let mut t = std::mem::zeroed::<libc::termios>();
+        if libc::tcgetattr(tty.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+}
+
+/// Runs `spec` over `conn` with this process's stdio, or with `tty` as the process's terminal
+/// (its size sent along, and again on every SIGWINCH); other signals received meanwhile become
+/// Signal frames. Returns the exit status.
+fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>) -> i32 {
     let writer = match conn.try_clone() {
         Ok(w) => std::sync::Arc::new(std::sync::Mutex::new(w)),
         Err(_) => return 255,
     };
+    let tty = tty
+        .and_then(|t| t.try_clone().ok())
+        .map(std::fs::File::from);
+    let mut spec = spec.clone();
+    spec.terminal = tty.is_some();
+    spec.winsize = tty.as_ref().and_then(gureum_agent::pty::winsize);
     if let Ok(signals) = super::native::wait::HeldSignals::hold() {
         let w = writer.clone();
+        let tty = tty.as_ref().and_then(|t| t.try_clone().ok());
         std::thread::spawn(move || {
             while let Some(sig) = signals.next_forwarded() {
-                if client::signal(&w, sig).is_err() {
+                let sent = match (sig, &tty) {
+                    (libc::SIGWINCH, Some(t)) => gureum_agent::pty::winsize(t)
+                        .map_or(Ok(()), |size| client::resize(&w, size)),
+                    (libc::SIGWINCH, None) => Ok(()),
+                    _ => client::signal(&w, sig),
+                };
+                if sent.is_err() {
                     return;
                 }
             }
         });
     }
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    match client::run_shared(conn, &writer, spec, std::io::stdin(), &mut out, &mut err) {
+    let streams = tty.and_then(|t| Some((t.try_clone().ok()?, t.try_clone().ok()?, t)));
+    let result = match streams {
+        Some((input, mut out, mut err)) => {
+            client::run_shared(conn, &writer, &spec, input, &mut out, &mut err)
+        }
+        None => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            client::run_shared(conn, &writer, &spec, std::io::stdin(), &mut out, &mut err)
+        }
+    };
+    // Done: closing the connection lets the agent finish (and, for the container's process,
+    // end the VM) now rather than when this process exits.
+    let _ = writer.lock().map(|w| w.shutdown(std::net::Shutdown::Both));
+    let mut err = std::io::stderr();
+    match result {
         Ok(ended) => {
             if let Some(why) = ended.error {
                 let _ = writeln!(err, "gureum: {why}");
@@ -270,12 +353,13 @@ fn relay(conn: UnixStream, spec: &Process) -> i32 {
     }
 }
 
-/// `exec` in a sandbox: one more agent connection, with this process's stdio.
-pub fn exec(dir: &Path, process: &Process) -> Result<i32, Error> {
+/// `exec` in a sandbox: one more agent connection, with this process's stdio, or `tty` (a
+/// terminal: ours, or a pty's slave whose master went to a console socket) as its terminal.
+pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, Error> {
     let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
     let mut spec = process.clone();
     spec.root = Some("/dev/vda".into());
-    Ok(relay(conn, &spec))
+    Ok(relay(conn, &spec, tty.as_ref()))
 }
 
 /// The monitor's phases (CLOCK_MONOTONIC µs): VMM spawned, agent answering.
