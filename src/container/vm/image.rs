@@ -1,5 +1,5 @@
 //! The container's rootfs as an ext4 disk image for its microVM, built with `mkfs.ext4 -d` and
-//! cached by content: an unchanged rootfs is not rebuilt. The image is attached read-only (many
+//! cached by content: an unchanged rootfs is not rebuilt, nor, once seen, even read again. The image is attached read-only (many
 //! sandboxes share it); the agent adds a tmpfs overlay to make it writable.
 
 use std::io::Read;
@@ -72,15 +72,82 @@ fn digest(root: &Path) -> Result<(String, u64), Error> {
     Ok((hex, total))
 }
 
-/// The cached image of `rootfs`, built if needed.
-pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
-    let (key, bytes) = digest(rootfs)?;
-    let dir = cache.join("rootfs");
-    let image = dir.join(format!("{key}.ext4"));
-    if image.exists() {
-        return Ok(image);
+/// Hashes what `stat` says of every entry under `root` (names, types, modes, owners, sizes,
+/// inode numbers, modification and change times to the nanosecond, link targets), without
+/// reading contents. Any write changes a file's ctime, which no one can set back, so an equal
+/// fingerprint means an unchanged tree (git's index relies on the same).
+fn fingerprint(root: &Path) -> Result<String, Error> {
+    let mut hash = Sha256::new();
+    hash.update(root.as_os_str().as_encoded_bytes());
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let path = root.join(&rel);
+        let read = |e| Error::Read(path.clone(), e);
+        let meta = std::fs::symlink_metadata(&path).map_err(read)?;
+        hash.update(rel.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        for n in [meta.mode(), meta.uid(), meta.gid()] {
+            hash.update(n.to_le_bytes());
+        }
+        for n in [meta.rdev(), meta.len(), meta.ino(), meta.dev()] {
+            hash.update(n.to_le_bytes());
+        }
+        for n in [
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        ] {
+            hash.update(n.to_le_bytes());
+        }
+        if meta.is_dir() {
+            let names: Vec<_> = std::fs::read_dir(&path)
+                .map_err(read)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+                .map_err(read)?;
+            todo.extend(names.into_iter().map(|n| rel.join(n)));
+        }
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Cache(dir.clone(), e))?;
+    Ok(hash
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The cached image of `rootfs`, built if needed. A tree seen before unchanged (same
+/// [`fingerprint`]) is not even read: its content key comes from the index.
+pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
+    let dir = cache.join("rootfs");
+    let seen = fingerprint(rootfs)?;
+    let index = dir.join("seen").join(&seen);
+    if let Ok(key) = std::fs::read_to_string(&index) {
+        let image = dir.join(format!("{}.ext4", key.trim()));
+        if image.exists() {
+            return Ok(image);
+        }
+    }
+    let (key, bytes) = digest(rootfs)?;
+    let image = dir.join(format!("{key}.ext4"));
+    if !image.exists() {
+        build(rootfs, &dir, &key, bytes)?;
+    }
+    // Best effort: without the index entry the next start just reads the tree again.
+    if std::fs::create_dir_all(dir.join("seen")).is_ok() {
+        let tmp = index.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, &key).is_ok() {
+            let _ = std::fs::rename(&tmp, &index);
+        }
+    }
+    Ok(image)
+}
+
+/// Builds `dir/KEY.ext4` from `rootfs` (`bytes` of content).
+fn build(rootfs: &Path, dir: &Path, key: &str, bytes: u64) -> Result<(), Error> {
+    let image = dir.join(format!("{key}.ext4"));
+    std::fs::create_dir_all(dir).map_err(|e| Error::Cache(dir.to_path_buf(), e))?;
     let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
     // Room for metadata and a little slack; the image is sparse.
     let mib = bytes * 5 / 4 / (1 << 20) + 32;
@@ -98,8 +165,7 @@ pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
             .replace('\n', "; ");
         return Err(Error::Mkfs(rootfs.to_path_buf(), why));
     }
-    std::fs::rename(&tmp, &image).map_err(|e| Error::Cache(image.clone(), e))?;
-    Ok(image)
+    std::fs::rename(&tmp, &image).map_err(|e| Error::Cache(image.clone(), e))
 }
 
 #[cfg(test)]
@@ -121,5 +187,25 @@ mod tests {
         std::fs::write(root.join("d/f"), b"two").unwrap();
         assert_ne!(digest(&root).unwrap().0, a);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_tree_is_not_read_again_and_a_changed_one_is() {
+        let base = std::env::temp_dir().join(format!("gureum-seen-{}", std::process::id()));
+        let (root, cache) = (base.join("root"), base.join("cache"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), b"one").unwrap();
+        let first = rootfs_image(&root, &cache).unwrap();
+        let seen: Vec<_> = std::fs::read_dir(cache.join("rootfs/seen"))
+            .unwrap()
+            .collect();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(fingerprint(&root).unwrap(), fingerprint(&root).unwrap());
+        assert_eq!(rootfs_image(&root, &cache).unwrap(), first);
+        // Same size, new bytes: the fingerprint changes (ctime), so the content is read again.
+        std::fs::write(root.join("f"), b"two").unwrap();
+        let second = rootfs_image(&root, &cache).unwrap();
+        assert_ne!(second, first);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
