@@ -432,3 +432,75 @@ fn kill_all_signals_every_process_of_the_container() {
     assert!(out.stdout.ends_with("done\n"), "{}", out.describe());
     b.assert_gone(&name);
 }
+
+#[test]
+fn exec_detached_writes_a_pid_that_stands_for_the_process() {
+    isolations().into_iter().for_each(exec_detached);
+}
+
+/// How many processes in the container run `sleep 27` (through a second exec).
+fn sleepers(b: &Bundle, name: &str) -> String {
+    let out = b.gureum(&["exec", name, "sh", "-c", "ps | grep -c '[s]leep 27'"]);
+    out.stdout.trim().to_string()
+}
+
+fn exec_detached(isolation: &'static str) {
+    let b = Bundle::with_isolation(
+        "execd",
+        serde_json::json!({"args": ["sleep", "30"]}),
+        isolation,
+    );
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("execd");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let pid_file = b.dir.join("exec.pid");
+    // The exec'd process keeps exec's stdio (as runc's): give it none to hold open.
+    let exec_d = || {
+        let pid_file = pid_file.to_str().unwrap();
+        b.command(&["exec", "-d", "--pid-file", pid_file, &name, "sleep", "27"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let exec = exec_d();
+    assert!(exec.success(), "{isolation}");
+    assert!(started.elapsed() < Duration::from_secs(5), "exec -d waited");
+    // SIGTERM is passed on; SIGKILL (of gureum's relay, in a sandbox) ends the process too.
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        if sig == libc::SIGKILL {
+            assert!(exec_d().success());
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleepers(&b, &name) != "1" {
+            assert!(
+                Instant::now() < deadline,
+                "{isolation}: the process is not running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: signals the process the pid file names (ours, or gureum's relay for it).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleepers(&b, &name) != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "{isolation}: signal {sig} left it running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}

@@ -1,7 +1,7 @@
 //! The agent side: take one [`RunSpec`], run it, and stream everything back.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -367,6 +367,13 @@ pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Re
         }
         stdin = child.stdin.take().map(|s| Box::new(s) as _);
     }
+    // SAFETY: pidfd_open on our own child, not yet reaped; the fd is owned below.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd nobody else owns (when the call succeeded).
+    let pidfd = libc::c_int::try_from(raw)
+        .ok()
+        .filter(|&fd| fd >= 0)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let waiter = {
         let w = w.clone();
         std::thread::spawn(move || {
@@ -412,6 +419,20 @@ pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Re
         }
     }
     drop(stdin);
+    // The host is gone (an exec session's gureum was killed): nobody can see or signal the
+    // process any more, so it ends too. Through a pidfd: the pid may be reaped meanwhile.
+    if let Some(fd) = pidfd {
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                0,
+                0,
+            )
+        };
+    }
     let _ = waiter.join();
     Ok(())
 }

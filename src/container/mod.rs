@@ -486,6 +486,11 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
                 Some(own)
             }
         };
+        if opts.detach {
+            let pid = vm::exec_detached(&store.dir(id), &process, tty)?;
+            write_pid_file(opts.pid_file.as_deref(), pid)?;
+            return Ok(0);
+        }
         return Ok(vm::exec(&store.dir(id), &process, tty)?);
     }
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;

@@ -31,31 +31,29 @@ pub fn isolations() -> Vec<&'static str> {
     }
 }
 
-/// gureum-agent built for this host, for the stand-in VMM (built here if `cargo test` did not).
+/// gureum-agent built for this host, for the stand-in VMM: built (or found up to date) once
+/// per test binary, as `cargo test` of this package alone does not build it.
 fn agent_bin() -> &'static Path {
     static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     AGENT.get_or_init(|| {
         let dir = Path::new(GUREUM).parent().unwrap();
-        let agent = dir.join("gureum-agent");
-        if !agent.exists() {
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args([
-                "build",
-                "--quiet",
-                "-p",
-                "gureum-agent",
-                "--bin",
-                "gureum-agent",
-            ]);
-            if dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            assert!(
-                cargo.status().unwrap().success(),
-                "cargo build -p gureum-agent"
-            );
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args([
+            "build",
+            "--quiet",
+            "-p",
+            "gureum-agent",
+            "--bin",
+            "gureum-agent",
+        ]);
+        if dir.ends_with("release") {
+            cargo.arg("--release");
         }
-        agent
+        assert!(
+            cargo.status().unwrap().success(),
+            "cargo build -p gureum-agent"
+        );
+        dir.join("gureum-agent")
     })
 }
 

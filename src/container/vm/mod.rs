@@ -362,6 +362,25 @@ pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, 
     Ok(relay(conn, &spec, tty.as_ref()))
 }
 
+/// `exec -d` in a sandbox: a process of ours relays the session (stdio, signals, terminal) and
+/// exits with its status; returns its pid, which stands for the process on this host (a
+/// signal to it reaches the process; killing it ends the process). Its parent (a shim that
+/// is a subreaper, for containerd) reaps the status.
+pub fn exec_detached(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, Error> {
+    let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
+    let mut spec = process.clone();
+    spec.root = Some("/dev/vda".into());
+    // SAFETY: fork from a single-threaded process; the child relays and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        std::process::exit(relay(conn, &spec, tty.as_ref()));
+    }
+    if pid < 0 {
+        return Err(Error::Sys(std::io::Error::last_os_error()));
+    }
+    Ok(pid)
+}
+
 /// The monitor's phases (CLOCK_MONOTONIC µs): VMM spawned, agent answering.
 pub fn phases(dir: &Path) -> Vec<(&'static str, u64)> {
     let text = std::fs::read_to_string(dir.join("phases")).unwrap_or_default();
