@@ -151,11 +151,33 @@ impl Env {
     }
 
     fn run(&self, image: &Path, id: &str, command: &[&str]) -> Output {
-        let child = Command::new(GUREUM)
-            .env("GUREUM_CACHE", self.dir.join("cache"))
+        self.run_in("native", image, id, command)
+    }
+
+    /// `run --image` natively, in a sandbox, or in one with the stand-in VMM.
+    fn run_in(&self, isolation: &str, image: &Path, id: &str, command: &[&str]) -> Output {
+        let mut cmd = Command::new(GUREUM);
+        if isolation == "standin" {
+            common::bundle::use_standin(&mut cmd);
+        }
+        // The cache is the test's own, but for the guest kernel and agent a sandbox boots.
+        let cache = self.dir.join("cache");
+        let default = cache.join("default");
+        if isolation != "native" && !default.exists() {
+            std::fs::create_dir_all(&cache).unwrap();
+            let guest = common::default_guest_file("vmlinux");
+            std::os::unix::fs::symlink(guest.parent().unwrap(), &default).unwrap();
+        }
+        let isolation = if isolation == "native" {
+            "native"
+        } else {
+            "vm"
+        };
+        let child = cmd
+            .env("GUREUM_CACHE", &cache)
             .arg("--root")
             .arg(self.dir.join("state"))
-            .args(["--isolation", "native", "run", "--image"])
+            .args(["--isolation", isolation, "run", "--image"])
             .arg(image)
             .arg(id)
             .args(if command.is_empty() {
@@ -204,9 +226,11 @@ fn id(tag: &str) -> String {
 fn an_oci_layout_runs_with_its_entrypoint_cmd_env_workdir_and_user() {
     let env = Env::new("oci");
     let layout = oci_layout(&env.dir);
-    let out = env.run(&layout, &id("oci"), &[]);
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(out.stdout, EXPECTED, "{}", out.describe());
+    for isolation in common::bundle::isolations() {
+        let out = env.run_in(isolation, &layout, &id("oci"), &[]);
+        assert_eq!(out.code, Some(0), "{isolation}: {}", out.describe());
+        assert_eq!(out.stdout, EXPECTED, "{isolation}: {}", out.describe());
+    }
     // Cached layers are reused; the command replaces Cmd, the Entrypoint stays.
     let out = env.run(&layout, &id("oci2"), &["echo override $GREETING"]);
     assert_eq!(

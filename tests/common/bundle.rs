@@ -57,6 +57,13 @@ fn agent_bin() -> &'static Path {
     })
 }
 
+/// Makes `cmd`'s sandboxes use the stand-in VMM.
+pub fn use_standin(cmd: &mut Command) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/standin-vmm.sh");
+    cmd.env("GUREUM_SANDBOX_VMM", fixture)
+        .env("GUREUM_AGENT_BIN", agent_bin());
+}
+
 impl Bundle {
     pub fn new(tag: &str, process: serde_json::Value) -> Self {
         Self::with_isolation(tag, process, "native")
@@ -119,10 +126,7 @@ impl Bundle {
             .args(["--isolation", self.isolation])
             .args(args);
         if self.standin {
-            let fixture =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/standin-vmm.sh");
-            cmd.env("GUREUM_SANDBOX_VMM", fixture)
-                .env("GUREUM_AGENT_BIN", agent_bin());
+            use_standin(&mut cmd);
         }
         cmd
     }
