@@ -151,3 +151,43 @@ fn a_container_process_runs_in_our_guest_under_tcg() {
     assert_eq!(err, b"oops\n");
     eprintln!("TCG: QEMU start to the container's exit status: {total:?}");
 }
+
+#[test]
+fn capabilities_seccomp_sysctl_and_a_terminal_in_our_guest_under_tcg() {
+    // What the guest kernel must offer the agent beyond running a process: capsets, seccomp
+    // filters (CONFIG_SECCOMP_FILTER), sysctls and a devpts for the terminal.
+    let mut spec = container(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox grep ^CapEff /proc/self/status; /bin/busybox mkdir /d; \
+         /bin/busybox cat /proc/sys/kernel/shmmni; /bin/busybox tty",
+    ]);
+    spec.readonly = false;
+    let kill = gureum_agent::security::cap_mask(["CAP_KILL"]).unwrap();
+    spec.capabilities = Some(gureum_agent::security::Caps {
+        bounding: kill,
+        effective: kill,
+        permitted: kill,
+        inheritable: kill,
+        ambient: 0,
+    });
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+    }))
+    .unwrap();
+    spec.seccomp = Some(gureum::container::seccomp::compile(&profile).unwrap());
+    spec.no_new_privileges = true;
+    spec.sysctl = vec![("kernel.shmmni".into(), "1234".into())];
+    spec.terminal = true;
+    spec.winsize = Some((24, 80));
+    let (status, out, _, _) = run_in_tcg(&spec);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 0, "{out}");
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[0], "CapEff:\t0000000000000020", "{out:?}");
+    assert!(lines[1].contains("Permission denied"), "{out:?}");
+    assert_eq!(lines[2], "1234", "{out:?}");
+    assert!(lines[3].starts_with("/dev/pts/"), "{out:?}");
+}

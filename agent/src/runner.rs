@@ -121,10 +121,10 @@ fn attach_stdio(cmd: &mut Command, spec: &RunSpec) -> Result<Option<OwnedFd>, (S
     Ok(Some(master))
 }
 
-/// No signal blocked and every disposition the default: whatever the agent was started with
-/// (natively, a blocked mask or ignored signals are inherited), the process starts clean.
-/// Only async-signal-safe calls: this runs between fork and exec.
-fn reset_signals() {
+/// No signal blocked and every disposition the default, so a process starts clean whatever
+/// its starter blocked or ignored (both survive exec). Only async-signal-safe calls: it runs
+/// between fork and exec (the agent's and gureum's native init's).
+pub fn reset_signals() {
     // SAFETY: sigemptyset/sigprocmask on a local set, and signal(2) with SIG_DFL on valid
     // numbers, in the forked child.
     unsafe {
@@ -224,19 +224,20 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
         let data = format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work");
         mount("overlay", &target, "overlay", 0, &data)?;
     }
-    // What a container expects to find; a rootfs without the directory goes without.
+    // What a container expects to find. A writable root gets the directories made (in the
+    // overlay); a read-only one without them goes without.
+    let cannot = |dir: &str| readonly && !Path::new(&format!("{target}/{dir}")).is_dir();
     for (source, dir, fstype) in [
         ("proc", "proc", "proc"),
         ("devtmpfs", "dev", "devtmpfs"),
         ("sysfs", "sys", "sysfs"),
     ] {
-        let path = format!("{target}/{dir}");
-        if std::path::Path::new(&path).is_dir() {
-            mount(source, &path, fstype, 0, "")?;
+        if !cannot(dir) {
+            mount(source, &format!("{target}/{dir}"), fstype, 0, "")?;
         }
     }
     // The guest's ptys, so that a terminal's slave has its name in the container too.
-    if Path::new("/dev/pts/ptmx").exists() && Path::new(&format!("{target}/dev")).is_dir() {
+    if Path::new("/dev/pts/ptmx").exists() && !cannot("dev") {
         mount(
             "/dev/pts",
             &format!("{target}/dev/pts"),

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::mounts;
-use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, sigset_of, write_all};
+use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, write_all};
 use crate::container::bundle::{Bundle, Process};
 use crate::container::hooks::{self, Point};
 
@@ -271,20 +271,6 @@ fn shim(exe: &CString, p: &Process, before_exec: impl FnOnce()) -> ! {
     }
 }
 
-/// No signal blocked (gureum and the init block theirs) and default dispositions (Rust's
-/// runtime ignores SIGPIPE; ignored signals would survive exec).
-fn reset_signals() {
-    set_sigmask(libc::SIG_SETMASK, &sigset_of(&[]));
-    // SAFETY: signal(2) with valid numbers and SIG_DFL.
-    unsafe {
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-    }
-}
-
 /// Seccomp (before the rest without no_new_privs, as it then needs CAP_SYS_ADMIN), bounding
 /// set, groups, gid, uid, capabilities, no_new_privs, cwd, and seccomp last with
 /// no_new_privs; the exit status and one line for the step that failed.
@@ -339,7 +325,8 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
         let _ = write_all(2, msg.as_bytes());
         exit(code);
     };
-    reset_signals();
+    // gureum and the init block the signals they forward; Rust's runtime ignores SIGPIPE.
+    gureum_agent::runner::reset_signals();
     if let Err(why) = gureum_agent::limits::apply(&p.rlimits) {
         let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
         exit(126);
