@@ -48,7 +48,8 @@ step "all tests" cargo test --release --workspace --all-targets
 step "bench boot: test guest vs QEMU microvm" "$gureum" bench boot --kernel "$guest" --runs 20
 step "bench boot: Linux guest vs QEMU microvm" "$gureum" bench boot --runs 10 --cmdline "$linux_cmdline"
 step "bench devices: block vs QEMU microvm" "$gureum" bench devices --kernel "$guest" --runs 5
-step "containers in microVM sandboxes (and natively)" cargo test --release --test containers --test containers_security
+step "containers in microVM sandboxes (and natively)" cargo test --release --test containers \
+  --test containers_security --test containers_tty --test images
 step "bench compare: native, runc, sandbox, microVMs vs QEMU" "$gureum" bench compare --runs 10 \
   --density 10 --test-guest "$guest" --out "$root/target/bench-compare"
 "$gureum" host-check

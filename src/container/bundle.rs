@@ -64,6 +64,18 @@ pub struct Resources {
     pub devices: Vec<DeviceRule>,
 }
 
+impl Resources {
+    /// What a sandbox's VMM and monitor are held to on the host: the CPU quota (which also
+    /// sized its vCPUs). Memory is bounded by the guest's size and the rest applies inside it.
+    pub fn for_vmm(&self) -> Self {
+        Self {
+            cpu_quota_us: self.cpu_quota_us,
+            cpu_period_us: self.cpu_period_us,
+            ..Self::default()
+        }
+    }
+}
+
 /// One device cgroup rule: allow or deny `access` (of r, w, m) to type a/c/b, major:minor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRule {

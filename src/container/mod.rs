@@ -183,7 +183,8 @@ fn create_with(
             native::create(bundle, &record, &dir, &cgroup, bundle.process.terminal)?
         }
         Isolation::Vm => {
-            let (pid, master) = vm::create(bundle, &dir)?;
+            let cgroup = Cgroup::create(id, &bundle.resources.for_vmm())?;
+            let (pid, master) = vm::create(bundle, &dir, &cgroup)?;
             runtime_hooks(&record, pid)?;
             (pid, master)
         }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use gureum_agent::client;
 
 use super::bundle::{Bundle, Process};
+use super::cgroup::Cgroup;
 use super::native::sys::{pipe, read_to_end, write_all};
 use super::state::monotonic_us;
 use crate::host_check::KvmKind;
@@ -105,7 +106,12 @@ fn size(bundle: &Bundle) -> (u64, u64) {
 /// Boots the sandbox and returns its monitor's pid once the agent answers.
 /// With `process.terminal`, the process's terminal is a pty on the host whose slave the
 /// monitor relays and whose master is returned, as a native container's would be.
-pub fn create(bundle: &Bundle, dir: &Path) -> Result<(i32, Option<OwnedFd>), Error> {
+/// The monitor, and so the VMM, runs in `cgroup`.
+pub fn create(
+    bundle: &Bundle,
+    dir: &Path,
+    cgroup: &Cgroup,
+) -> Result<(i32, Option<OwnedFd>), Error> {
     let (kernel, initrd) = guest()?;
     let image = image::rootfs_image(&bundle.rootfs, &cache())?;
     let (memory, vcpus) = size(bundle);
@@ -142,6 +148,13 @@ pub fn create(bundle: &Bundle, dir: &Path) -> Result<(i32, Option<OwnedFd>), Err
     if pid == 0 {
         drop(report_r);
         drop(master);
+        if let Err(e) = cgroup.add(std::process::id().try_into().unwrap_or_default()) {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            let why = format!("E{e}: {}", cause.unwrap_or_default());
+            let _ = write_all(report_w.as_raw_fd(), why.as_bytes());
+            // SAFETY: ends the monitor before it started anything.
+            unsafe { libc::_exit(1) };
+        }
         monitor(vmm, bundle, dir, report_w, tty);
     }
     drop(report_w);
