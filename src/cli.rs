@@ -143,6 +143,16 @@ pub enum Command {
         /// The container's ID.
         id: String,
     },
+    /// Freeze every process of a running container (in a microVM sandbox, the whole VM).
+    Pause {
+        /// The container's ID.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// The container's ID.
+        id: String,
+    },
     /// Send a signal (name or number, default SIGTERM) to a container's process.
     Kill {
         /// Signal every process of the container (native isolation).

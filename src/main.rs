@@ -110,6 +110,8 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Start { id } => Ok(container::start(&g, &id).map(|()| 0)?),
+        Command::Pause { id } => Ok(container::pause(&g, &id).map(|()| 0)?),
+        Command::Resume { id } => Ok(container::resume(&g, &id).map(|()| 0)?),
         Command::State { id } => {
             println!("{}", container::state(&g, &id)?);
             Ok(0)

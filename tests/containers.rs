@@ -504,3 +504,56 @@ fn exec_detached(isolation: &'static str) {
     assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
     b.assert_gone(&name);
 }
+
+#[test]
+fn pause_freezes_the_container_and_resume_thaws_it() {
+    isolations().into_iter().for_each(pause_resume);
+}
+
+fn pause_resume(isolation: &'static str) {
+    let script = "while true; do echo tick; sleep 0.02; done";
+    let process = serde_json::json!({"args": ["sh", "-c", script]});
+    let b = Bundle::with_isolation("pause", process, isolation);
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("pause");
+    // The container's stdout is a file: how far it got, while frozen and after.
+    let log = b.dir.join("ticks");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let ticks = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    let grows = |within: Duration| {
+        let (from, start) = (ticks(), Instant::now());
+        while start.elapsed() < within {
+            if ticks() > from {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    assert!(grows(Duration::from_secs(5)), "{isolation}: not running");
+    let paused = b.gureum(&["pause", &name]);
+    assert_eq!(paused.code, Some(0), "{}", paused.describe());
+    assert_eq!(wait_for_status(&b, &name, "paused")["status"], "paused");
+    assert!(
+        !grows(Duration::from_millis(300)),
+        "{isolation}: ran while paused"
+    );
+    // Paused is not running: a second pause is refused; delete needs --force.
+    assert_eq!(b.gureum(&["pause", &name]).code, Some(1));
+    assert_eq!(b.gureum(&["delete", &name]).code, Some(1));
+    assert_eq!(b.gureum(&["resume", &name]).code, Some(0));
+    assert_eq!(wait_for_status(&b, &name, "running")["status"], "running");
+    assert!(grows(Duration::from_secs(5)), "{isolation}: still frozen");
+    // A paused container can be deleted by force: it is thawed, then killed.
+    assert_eq!(b.gureum(&["pause", &name]).code, Some(0));
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}

@@ -1,6 +1,6 @@
 //! Cgroup limits for a native container, on cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`
 //! exists) or on v1 / hybrid hosts (one hierarchy per controller, as on this Debian host).
-//! Each container gets `gureum/<id>` in the memory, cpu, pids and devices hierarchies.
+//! Each container gets `gureum/<id>` in the memory, cpu, pids, devices and freezer hierarchies.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ pub enum Error {
 }
 
 const MOUNT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "devices"];
+const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
 
 /// Devices every container may use, after the spec's own rules (runc's list): mknod of any,
 /// null, zero, full, tty, random, urandom, the ptys and the tun device.
@@ -144,6 +144,38 @@ impl Cgroup {
         match self.file(controller, name) {
             Some(path) => write(&path, value),
             None => Ok(()),
+        }
+    }
+
+    /// Freezes every process of the cgroup (or thaws them), and waits until it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<(), Error> {
+        let (file, value) = match (self.v2, frozen) {
+            (true, _) => ("cgroup.freeze", if frozen { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        self.set("freezer", file, value)?;
+        for _ in 0..1000 {
+            if !frozen || self.frozen() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let path = self.file("freezer", file).unwrap_or_default();
+        Err(Error::Io(path, std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Whether the cgroup is frozen (`pause`d).
+    pub fn frozen(&self) -> bool {
+        let read = |name| {
+            self.file("freezer", name)
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        };
+        if self.v2 {
+            read("cgroup.events").lines().any(|l| l == "frozen 1")
+        } else {
+            read("freezer.state").trim() == "FROZEN"
         }
     }
 

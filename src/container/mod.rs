@@ -332,6 +332,10 @@ pub fn run_image(
 /// Kills whatever is left of a container and removes its cgroup and state.
 fn destroy(store: &Store, record: &Record) {
     let cgroup = Cgroup::of(&record.id);
+    // A frozen process takes a signal only once thawed.
+    if cgroup.frozen() {
+        let _ = cgroup.freeze(false);
+    }
     for attempt in 0..500 {
         let mut pids = cgroup.pids();
         if record.pid > 0 && state::alive(record.pid, record.pid_start) {
@@ -358,6 +362,22 @@ fn destroy(store: &Store, record: &Record) {
     hooks::run_warning(hooks::Point::Poststop, record.hooks.as_ref(), &state);
 }
 
+/// `pause`: freezes every process of a running container (a sandbox's whole VM).
+pub fn pause(g: &Global, id: &str) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Running)?;
+    Ok(Cgroup::of(id).freeze(true)?)
+}
+
+/// `resume`: thaws a paused container.
+pub fn resume(g: &Global, id: &str) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Paused)?;
+    Ok(Cgroup::of(id).freeze(false)?)
+}
+
 /// `state`: the OCI state JSON.
 pub fn state(g: &Global, id: &str) -> Result<String, Error> {
     let store = Store::new(&g.root);
@@ -371,7 +391,7 @@ pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> 
     let store = Store::new(&g.root);
     let record = store.load(id)?;
     let status = store.status(&record);
-    if !matches!(status, Status::Created | Status::Running) {
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(Error::WrongStatus {
             id: id.into(),
             status: status.as_str(),
@@ -398,7 +418,7 @@ pub fn delete(g: &Global, id: &str, force: bool) -> Result<(), Error> {
         Err(state::Error::Unknown(_)) if force => return Ok(()),
         other => other?,
     };
-    if store.status(&record) == Status::Running && !force {
+    if matches!(store.status(&record), Status::Running | Status::Paused) && !force {
         return Err(Error::Running(id.into()));
     }
     destroy(&store, &record);

@@ -30,6 +30,7 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -39,6 +40,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -182,6 +184,8 @@ impl Store {
         }
         if self.dir(&record.id).join("exec.fifo").exists() {
             Status::Created
+        } else if super::cgroup::Cgroup::of(&record.id).frozen() {
+            Status::Paused
         } else {
             Status::Running
         }

@@ -169,7 +169,7 @@ impl Bundle {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!self.root.join(id).exists(), "state of {id} left behind");
-        for c in ["memory", "pids", "cpu", "devices"] {
+        for c in ["memory", "pids", "cpu", "devices", "freezer"] {
             let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);
             assert!(!cg.exists(), "{} left behind", cg.display());
         }
