@@ -143,6 +143,28 @@ pub enum Command {
         /// The container's ID.
         id: String,
     },
+    /// Change a container's resource limits (runc update): from an OCI linux.resources JSON
+    /// file (- for stdin) and/or flags; what neither names stays. A sandbox's memory is its
+    /// guest's size: there only the CPU quota can change.
+    Update {
+        /// An OCI linux.resources JSON file, or - to read it from stdin.
+        #[arg(short, long, value_name = "FILE")]
+        resources: Option<PathBuf>,
+        /// Memory limit in bytes (suffixes k, m, g allowed; -1 for none).
+        #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+        memory: Option<String>,
+        /// CPU quota in µs per period (-1 for none).
+        #[arg(long, value_name = "US", allow_hyphen_values = true)]
+        cpu_quota: Option<i64>,
+        /// CPU period in µs.
+        #[arg(long, value_name = "US")]
+        cpu_period: Option<u64>,
+        /// Most processes (-1 for no limit).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        pids_limit: Option<i64>,
+        /// The container's ID.
+        id: String,
+    },
     /// Freeze every process of a running container (in a microVM sandbox, the whole VM).
     Pause {
         /// The container's ID.

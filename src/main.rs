@@ -26,6 +26,10 @@ enum Error {
     OutDir(PathBuf, #[source] std::io::Error),
     #[error("unknown --format {0:?} (table or json)")]
     Format(String),
+    #[error("bad --memory {0:?} (expected bytes, with an optional k, m or g suffix, or -1)")]
+    Bytes(String),
+    #[error("cannot read the resources file {0}")]
+    ResourcesFile(PathBuf, #[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn main() {
@@ -110,6 +114,25 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Start { id } => Ok(container::start(&g, &id).map(|()| 0)?),
+        Command::Update {
+            resources,
+            memory,
+            cpu_quota,
+            cpu_period,
+            pids_limit,
+            id,
+        } => {
+            let flags = container::bundle::Resources {
+                memory_bytes: memory.as_deref().map(parse_bytes).transpose()?,
+                cpu_quota_us: cpu_quota,
+                cpu_period_us: cpu_period,
+                pids: pids_limit,
+                devices: Vec::new(),
+            };
+            let file = resources.as_deref().map(read_resources).transpose()?;
+            container::update(&g, &id, file.as_ref(), &flags)?;
+            Ok(0)
+        }
         Command::Pause { id } => Ok(container::pause(&g, &id).map(|()| 0)?),
         Command::Resume { id } => Ok(container::resume(&g, &id).map(|()| 0)?),
         Command::State { id } => {
@@ -230,4 +253,35 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
         }
         _ => unreachable!("container commands are handled in run"),
     }
+}
+
+/// A byte count with an optional k, m or g suffix (runc's --memory), or -1.
+fn parse_bytes(s: &str) -> Result<i64, Error> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.trim_end_matches('b');
+    let (digits, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        _ => (lower, 0),
+    };
+    let n: i64 = digits.parse().map_err(|_| Error::Bytes(s.to_string()))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| Error::Bytes(s.to_string()))
+}
+
+/// `update --resources FILE` (- for stdin): an OCI linux.resources object.
+fn read_resources(path: &std::path::Path) -> Result<container::bundle::Resources, Error> {
+    let fail =
+        |e: Box<dyn std::error::Error + Send + Sync>| Error::ResourcesFile(path.to_path_buf(), e);
+    let text = if path.as_os_str() == "-" {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).map_err(|e| fail(e.into()))?;
+        text
+    } else {
+        std::fs::read(path).map_err(|e| fail(e.into()))?
+    };
+    let r: oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(&text).map_err(|e| fail(e.into()))?;
+    Ok(container::bundle::limits(&r))
 }

@@ -217,9 +217,15 @@ pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<Process, Error
 }
 
 fn resources(spec: &Spec) -> Resources {
-    let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
-        return Resources::default();
-    };
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .map(limits)
+        .unwrap_or_default()
+}
+
+/// The limits of an OCI `linux.resources` (also what `update --resources` reads).
+pub fn limits(r: &oci_spec::runtime::LinuxResources) -> Resources {
     let cpu = r.cpu().as_ref();
     Resources {
         memory_bytes: r.memory().as_ref().and_then(|m| m.limit()),

@@ -121,6 +121,33 @@ impl Cgroup {
         self.set("pids", "pids.max", &pids)
     }
 
+    /// Changes the limits `r` names (`update`); those it leaves out stay.
+    pub fn update(&self, r: &Resources) -> Result<(), Error> {
+        let (v2, period) = (self.v2, r.cpu_period_us.unwrap_or(100_000));
+        if let Some(m) = r.memory_bytes {
+            let m = if m > 0 { m.to_string() } else { "max".into() };
+            match v2 {
+                true => self.set("memory", "memory.max", &m)?,
+                false => self.set("memory", "memory.limit_in_bytes", &m.replace("max", "-1"))?,
+            }
+        }
+        if r.cpu_quota_us.is_some() || r.cpu_period_us.is_some() {
+            let quota = r.cpu_quota_us.filter(|&q| q > 0);
+            if v2 {
+                let q = quota.map_or_else(|| "max".to_string(), |q| q.to_string());
+                self.set("cpu", "cpu.max", &format!("{q} {period}"))?;
+            } else {
+                self.set("cpu", "cpu.cfs_period_us", &period.to_string())?;
+                self.set("cpu", "cpu.cfs_quota_us", &quota.unwrap_or(-1).to_string())?;
+            }
+        }
+        if let Some(p) = r.pids {
+            let p = if p > 0 { p.to_string() } else { "max".into() };
+            self.set("pids", "pids.max", &p)?;
+        }
+        Ok(())
+    }
+
     /// The spec's device rules in order, then the defaults; none leaves the cgroup's own
     /// (allow all). Cgroup v2 would need an eBPF device program: not enforced there yet.
     fn devices(&self, r: &Resources) -> Result<(), Error> {

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod cgroup;
+mod control;
 pub mod hooks;
 pub mod image;
 pub mod native;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use bundle::{Bundle, Isolation, Process};
 use cgroup::Cgroup;
+pub use control::{pause, resume, update};
 use native::wait::{HeldSignals, wait};
 use state::{Record, Status, Store};
 
@@ -60,6 +62,11 @@ pub enum Error {
     Hook(#[from] hooks::Error),
     #[error("exec -t in a microVM needs a terminal on stdin, or --console-socket")]
     NoTerminal,
+    #[error(
+        "a microVM sandbox's memory is its guest's size and its processes are the guest's: \
+         update can change only its CPU quota"
+    )]
+    VmUpdate,
     #[error(
         "createContainer and startContainer hooks run in the container's namespaces, which a \
          microVM sandbox does not share with the host: use --isolation native"
@@ -360,22 +367,6 @@ fn destroy(store: &Store, record: &Record) {
     let _ = store.remove(&record.id);
     let state = state::hook_state(record, Status::Stopped, record.pid);
     hooks::run_warning(hooks::Point::Poststop, record.hooks.as_ref(), &state);
-}
-
-/// `pause`: freezes every process of a running container (a sandbox's whole VM).
-pub fn pause(g: &Global, id: &str) -> Result<(), Error> {
-    let store = Store::new(&g.root);
-    let record = store.load(id)?;
-    expect(&store, &record, Status::Running)?;
-    Ok(Cgroup::of(id).freeze(true)?)
-}
-
-/// `resume`: thaws a paused container.
-pub fn resume(g: &Global, id: &str) -> Result<(), Error> {
-    let store = Store::new(&g.root);
-    let record = store.load(id)?;
-    expect(&store, &record, Status::Paused)?;
-    Ok(Cgroup::of(id).freeze(false)?)
 }
 
 /// `state`: the OCI state JSON.

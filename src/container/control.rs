@@ -1,0 +1,54 @@
+//! Control of a running container: `pause`/`resume` (the freezer cgroup) and `update` of its
+//! limits.
+
+use super::bundle::{self, Isolation};
+use super::cgroup::Cgroup;
+use super::state::{Status, Store};
+use super::{Error, Global, expect};
+
+/// `update`: new limits from a resources file and flags (flags win); what neither names stays.
+pub fn update(
+    g: &Global,
+    id: &str,
+    file: Option<&bundle::Resources>,
+    flags: &bundle::Resources,
+) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    let status = store.status(&record);
+    if matches!(status, Status::Stopped | Status::Creating) {
+        return Err(Error::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            want: "running",
+        });
+    }
+    let base = file.cloned().unwrap_or_default();
+    let r = bundle::Resources {
+        memory_bytes: flags.memory_bytes.or(base.memory_bytes),
+        cpu_quota_us: flags.cpu_quota_us.or(base.cpu_quota_us),
+        cpu_period_us: flags.cpu_period_us.or(base.cpu_period_us),
+        pids: flags.pids.or(base.pids),
+        devices: Vec::new(),
+    };
+    if record.isolation == Isolation::Vm && (r.memory_bytes.is_some() || r.pids.is_some()) {
+        return Err(Error::VmUpdate);
+    }
+    Ok(Cgroup::of(id).update(&r)?)
+}
+
+/// `pause`: freezes every process of a running container (a sandbox's whole VM).
+pub fn pause(g: &Global, id: &str) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Running)?;
+    Ok(Cgroup::of(id).freeze(true)?)
+}
+
+/// `resume`: thaws a paused container.
+pub fn resume(g: &Global, id: &str) -> Result<(), Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    expect(&store, &record, Status::Paused)?;
+    Ok(Cgroup::of(id).freeze(false)?)
+}

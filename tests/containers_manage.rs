@@ -1,0 +1,204 @@
+//! Managing running containers through the real binary, in both isolations (sandboxes
+//! through the stand-in VMM on PVM hosts): `exec -d` with a pid file that stands for the
+//! process, `pause`/`resume`, and `update` of the limits.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::bundle::{Bundle, id, isolations, wait_for_status};
+
+#[test]
+fn exec_detached_writes_a_pid_that_stands_for_the_process() {
+    isolations().into_iter().for_each(exec_detached);
+}
+
+/// How many processes in the container run `sleep 27` (through a second exec).
+fn sleepers(b: &Bundle, name: &str) -> String {
+    let out = b.gureum(&["exec", name, "sh", "-c", "ps | grep -c '[s]leep 27'"]);
+    out.stdout.trim().to_string()
+}
+
+fn exec_detached(isolation: &'static str) {
+    let b = Bundle::with_isolation(
+        "execd",
+        serde_json::json!({"args": ["sleep", "30"]}),
+        isolation,
+    );
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("execd");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let pid_file = b.dir.join("exec.pid");
+    // The exec'd process keeps exec's stdio (as runc's): give it none to hold open.
+    let exec_d = || {
+        let pid_file = pid_file.to_str().unwrap();
+        b.command(&["exec", "-d", "--pid-file", pid_file, &name, "sleep", "27"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let exec = exec_d();
+    assert!(exec.success(), "{isolation}");
+    assert!(started.elapsed() < Duration::from_secs(5), "exec -d waited");
+    // SIGTERM is passed on; SIGKILL (of gureum's relay, in a sandbox) ends the process too.
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        if sig == libc::SIGKILL {
+            assert!(exec_d().success());
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleepers(&b, &name) != "1" {
+            assert!(
+                Instant::now() < deadline,
+                "{isolation}: the process is not running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: signals the process the pid file names (ours, or gureum's relay for it).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleepers(&b, &name) != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "{isolation}: signal {sig} left it running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}
+
+#[test]
+fn pause_freezes_the_container_and_resume_thaws_it() {
+    isolations().into_iter().for_each(pause_resume);
+}
+
+fn pause_resume(isolation: &'static str) {
+    let script = "while true; do echo tick; sleep 0.02; done";
+    let process = serde_json::json!({"args": ["sh", "-c", script]});
+    let b = Bundle::with_isolation("pause", process, isolation);
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("pause");
+    // The container's stdout is a file: how far it got, while frozen and after.
+    let log = b.dir.join("ticks");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let ticks = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    let grows = |within: Duration| {
+        let (from, start) = (ticks(), Instant::now());
+        while start.elapsed() < within {
+            if ticks() > from {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    assert!(grows(Duration::from_secs(5)), "{isolation}: not running");
+    let paused = b.gureum(&["pause", &name]);
+    assert_eq!(paused.code, Some(0), "{}", paused.describe());
+    assert_eq!(wait_for_status(&b, &name, "paused")["status"], "paused");
+    assert!(
+        !grows(Duration::from_millis(300)),
+        "{isolation}: ran while paused"
+    );
+    // Paused is not running: a second pause is refused; delete needs --force.
+    assert_eq!(b.gureum(&["pause", &name]).code, Some(1));
+    assert_eq!(b.gureum(&["delete", &name]).code, Some(1));
+    assert_eq!(b.gureum(&["resume", &name]).code, Some(0));
+    assert_eq!(wait_for_status(&b, &name, "running")["status"], "running");
+    assert!(grows(Duration::from_secs(5)), "{isolation}: still frozen");
+    // A paused container can be deleted by force: it is thawed, then killed.
+    assert_eq!(b.gureum(&["pause", &name]).code, Some(0));
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}
+
+#[test]
+fn update_changes_the_limits_it_names() {
+    isolations().into_iter().for_each(update);
+}
+
+fn update(isolation: &'static str) {
+    let b = Bundle::with_isolation(
+        "update",
+        serde_json::json!({"args": ["sleep", "30"]}),
+        isolation,
+    );
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("update");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let cg = |controller: &str, file: &str| {
+        let path = format!("/sys/fs/cgroup/{controller}/gureum/{name}/{file}");
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    };
+    let out = b.gureum(&[
+        "update",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+        &name,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "20000");
+    if isolation == "native" {
+        let out = b.gureum(&["update", "--memory", "64m", "--pids-limit", "50", &name]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        assert_eq!(cg("memory", "memory.limit_in_bytes"), "67108864");
+        assert_eq!(cg("pids", "pids.max"), "50");
+        // From stdin, as containerd sends it: only the memory changes.
+        let mut child = b
+            .command(&["update", "-r", "-", &name])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let json = br#"{"memory": {"limit": 33554432}}"#;
+        child.stdin.take().unwrap().write_all(json).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(cg("memory", "memory.limit_in_bytes"), "33554432");
+        assert_eq!(cg("pids", "pids.max"), "50");
+    } else {
+        let out = b.gureum(&["update", "--memory", "1g", &name]);
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(out.stderr.contains("CPU quota"), "{}", out.describe());
+    }
+    let bad = b.gureum(&["update", "--memory", "lots", &name]);
+    assert_eq!(
+        (bad.code, bad.stderr.lines().count()),
+        (Some(1), 1),
+        "{}",
+        bad.describe()
+    );
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}
