@@ -18,7 +18,8 @@ const DEFAULT_LOG_FORMAT: &str = "text";
                   then `gureum boot` (with no arguments it boots the default guest built by \
                   guest-kernels/build.sh).\n\nContainers: `gureum run --bundle DIR ID` runs an \
                   OCI bundle, in its own microVM or (--isolation native) with namespaces and \
-                  cgroups; create/start/state/kill/delete/list/exec work as runc's do."
+                  cgroups; create/start/state/kill/delete/list/exec/pause/resume/update work as \
+                  runc's do."
 )]
 pub struct Cli {
     #[command(subcommand)]
