@@ -18,7 +18,7 @@ const DEFAULT_LOG_FORMAT: &str = "text";
                   then `gureum boot` (with no arguments it boots the default guest built by \
                   guest-kernels/build.sh).\n\nContainers: `gureum run --bundle DIR ID` runs an \
                   OCI bundle, in its own microVM or (--isolation native) with namespaces and \
-                  cgroups; create/start/state/kill/delete/list/exec/pause/resume/update work as \
+                  cgroups; create/start/state/kill/delete/list/ps/exec/pause/resume/update work as \
                   runc's do."
 )]
 pub struct Cli {
@@ -203,6 +203,15 @@ pub enum Command {
         /// Only the IDs.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// List a container's processes on this host (runc ps): natively every process of the
+    /// container; for a microVM sandbox, its monitor and VMM (the guest's own are inside).
+    Ps {
+        /// table or json (an array of pids, as runc prints it).
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// The container's ID.
+        id: String,
     },
     /// Run another process in a running container; exits with its status.
     Exec(ExecArgs),

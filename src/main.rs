@@ -152,6 +152,22 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
             }
             Ok(0)
         }
+        Command::Ps { format, id } => {
+            let pids = container::pids(&g, &id)?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string(&pids).unwrap_or_default()),
+                "table" => {
+                    println!("{:<8} CMD", "PID");
+                    for pid in pids {
+                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                        println!("{pid:<8} {}", cmd.trim_end());
+                    }
+                }
+                _ => return Err(Error::Format(format)),
+            }
+            Ok(0)
+        }
         Command::Exec(args) => exec(&g, args),
         command => machine(command, start),
     }

@@ -202,3 +202,46 @@ fn update(isolation: &'static str) {
     assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
     b.assert_gone(&name);
 }
+
+#[test]
+fn ps_lists_the_container_s_processes_on_this_host() {
+    isolations().into_iter().for_each(ps);
+}
+
+fn ps(isolation: &'static str) {
+    let process = serde_json::json!({"args": ["sh", "-c", "sleep 29 & sleep 30"]});
+    let b = Bundle::with_isolation("ps", process, isolation);
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let name = id("ps");
+    let created = b
+        .command(&["create", "--bundle", &bundle, &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    let state = wait_for_status(&b, &name, "running");
+    let pid = state["pid"].as_i64().unwrap();
+    let want = if isolation == "native" {
+        "sleep 29"
+    } else {
+        "vsock"
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let json = b.gureum(&["ps", "--format", "json", &name]);
+        let pids: Vec<i64> = serde_json::from_str(&json.stdout).unwrap();
+        let table = b.gureum(&["ps", &name]).stdout;
+        // The container's pid (its init, or its sandbox's monitor) and its processes.
+        if pids.contains(&pid) && table.contains(want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{isolation}: {pids:?}\n{table}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    assert_eq!(b.gureum(&["ps", &name]).code, Some(1));
+    b.assert_gone(&name);
+}

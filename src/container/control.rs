@@ -15,14 +15,7 @@ pub fn update(
 ) -> Result<(), Error> {
     let store = Store::new(&g.root);
     let record = store.load(id)?;
-    let status = store.status(&record);
-    if matches!(status, Status::Stopped | Status::Creating) {
-        return Err(Error::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            want: "running",
-        });
-    }
+    live(&store, &record)?;
     let base = file.cloned().unwrap_or_default();
     let r = bundle::Resources {
         memory_bytes: flags.memory_bytes.or(base.memory_bytes),
@@ -51,4 +44,25 @@ pub fn resume(g: &Global, id: &str) -> Result<(), Error> {
     let record = store.load(id)?;
     expect(&store, &record, Status::Paused)?;
     Ok(Cgroup::of(id).freeze(false)?)
+}
+
+/// `ps`: the host pids of a created, running or paused container (its cgroup's).
+pub fn pids(g: &Global, id: &str) -> Result<Vec<i32>, Error> {
+    let store = Store::new(&g.root);
+    let record = store.load(id)?;
+    live(&store, &record)?;
+    Ok(Cgroup::of(id).pids())
+}
+
+/// A container whose processes exist: created, running or paused.
+fn live(store: &Store, record: &super::state::Record) -> Result<(), Error> {
+    let status = store.status(record);
+    if matches!(status, Status::Stopped | Status::Creating) {
+        return Err(Error::WrongStatus {
+            id: record.id.clone(),
+            status: status.as_str(),
+            want: "running",
+        });
+    }
+    Ok(())
 }

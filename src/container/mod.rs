@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use bundle::{Bundle, Isolation, Process};
 use cgroup::Cgroup;
-pub use control::{pause, resume, update};
+pub use control::{pause, pids, resume, update};
 use native::wait::{HeldSignals, wait};
 use state::{Record, Status, Store};
 
