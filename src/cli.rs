@@ -178,7 +178,7 @@ pub enum Command {
     },
     /// Send a signal (name or number, default SIGTERM) to a container's process.
     Kill {
-        /// Signal every process of the container (native isolation).
+        /// Signal every process of the container (in a sandbox, every process of its guest).
         #[arg(short, long)]
         all: bool,
         /// The container's ID.

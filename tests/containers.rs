@@ -408,9 +408,15 @@ fn a_user_namespace_maps_the_container_root_to_an_unprivileged_host_user() {
 
 #[test]
 fn kill_all_signals_every_process_of_the_container() {
-    let b = Bundle::new(
+    isolations().into_iter().for_each(kill_all);
+}
+
+fn kill_all(isolation: &'static str) {
+    let script = "trap 'echo trapped' TERM; sleep 60 & sleep 60; wait; echo done";
+    let b = Bundle::with_isolation(
         "killall",
-        serde_json::json!({"args": ["sh", "-c", "trap 'echo trapped' TERM; sleep 60 & sleep 60; wait; echo done"]}),
+        serde_json::json!({"args": ["sh", "-c", script]}),
+        isolation,
     );
     let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("killall");
@@ -426,9 +432,13 @@ fn kill_all_signals_every_process_of_the_container() {
     // the shell finishes normally.
     std::thread::sleep(Duration::from_millis(100));
     let k = b.gureum(&["kill", "--all", &name, "TERM"]);
-    assert_eq!(k.code, Some(0), "{}", k.describe());
+    assert_eq!(k.code, Some(0), "{isolation}: {}", k.describe());
     let out = finish(child, Duration::from_secs(10));
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert!(out.stdout.ends_with("done\n"), "{}", out.describe());
+    assert_eq!(out.code, Some(0), "{isolation}: {}", out.describe());
+    assert!(
+        out.stdout.ends_with("done\n"),
+        "{isolation}: {}",
+        out.describe()
+    );
     b.assert_gone(&name);
 }

@@ -100,3 +100,12 @@ pub fn resize<W: Write>(writer: &Shared<W>, size: (u16, u16)) -> std::io::Result
     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
     protocol::write_frame(&mut *w, Kind::Resize, &crate::pty::encode_size(size))
 }
+
+/// `kill --all`: ask the agent to send `sig` to every process of the guest; waits for its answer.
+pub fn signal_all(mut conn: impl Read + Write, sig: i32) -> Result<(), Error> {
+    protocol::write_frame(&mut conn, Kind::SignalAll, &sig.to_le_bytes())?;
+    match protocol::read_frame(&mut conn)? {
+        Some((Kind::Exit, _)) => Ok(()),
+        _ => Err(Error::NoExit),
+    }
+}

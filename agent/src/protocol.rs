@@ -22,6 +22,9 @@ pub enum Kind {
     Signal = 4,
     /// host → agent: the terminal's new size, rows and columns (2 bytes each, little-endian).
     Resize = 5,
+    /// host → agent, instead of a run request: a signal number (4 bytes) for every process of
+    /// the guest but the agent (`kill --all`); the agent answers with an Exit frame of 0.
+    SignalAll = 6,
     /// agent → host: the process started; its pid (4 bytes).
     Started = 10,
     Stdout = 11,
@@ -40,6 +43,7 @@ impl Kind {
             3 => Self::StdinEof,
             4 => Self::Signal,
             5 => Self::Resize,
+            6 => Self::SignalAll,
             10 => Self::Started,
             11 => Self::Stdout,
             12 => Self::Stderr,

@@ -318,15 +318,20 @@ fn pump_pty<W: Write>(master: std::fs::File, w: Shared<W>, exited: Arc<AtomicBoo
     }
 }
 
-/// The first frame must be a run request; signals and resizes sent before it (a race on the
-/// host's side) are dropped.
-fn read_spec(reader: &mut impl Read) -> Result<Option<RunSpec>, Error> {
+/// The first frame must be a run request (or a signal for every process); signals and resizes
+/// sent before it (a race on the host's side) are dropped.
+fn read_spec<W: Write>(reader: &mut impl Read, w: &Shared<W>) -> Result<Option<RunSpec>, Error> {
     loop {
         match protocol::read_frame(reader)? {
             Some((Kind::Run, payload)) => {
                 return serde_json::from_slice(&payload)
                     .map(Some)
                     .map_err(Error::BadSpec);
+            }
+            Some((Kind::SignalAll, payload)) => {
+                signal_all(protocol::int(&payload));
+                send(w, Kind::Exit, &0i32.to_le_bytes())?;
+                return Ok(None);
             }
             Some((Kind::Signal | Kind::Resize, _)) => {}
             Some((kind, _)) => return Err(Error::NoRun(kind)),
@@ -335,10 +340,24 @@ fn read_spec(reader: &mut impl Read) -> Result<Option<RunSpec>, Error> {
     }
 }
 
+/// `kill --all`: the signal to every process but this one — only as PID 1 (of the guest, or
+/// of a pid namespace natively), where kill(-1) cannot reach beyond the container.
+fn signal_all(sig: Option<i32>) {
+    // SAFETY: getpid has no preconditions; kill(-1) as PID 1 signals every other process of
+    // its pid namespace.
+    unsafe {
+        if let Some(sig) = sig
+            && libc::getpid() == 1
+        {
+            libc::kill(-1, sig);
+        }
+    }
+}
+
 /// Serve one connection: a run request, then stdin, signals and resizes until the host goes.
 pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Result<(), Error> {
     let w: Shared<W> = Arc::new(Mutex::new(writer));
-    let Some(spec) = read_spec(&mut reader)? else {
+    let Some(spec) = read_spec(&mut reader, &w)? else {
         return Ok(());
     };
     let (mut child, master) = match spawn(&spec) {

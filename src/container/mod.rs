@@ -389,6 +389,11 @@ pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> 
             want: "running",
         });
     }
+    // In a sandbox the agent signals every process of the guest: it must be running to answer.
+    if all && record.isolation == Isolation::Vm && status != Status::Created {
+        expect(&store, &record, Status::Running)?;
+        return Ok(vm::signal_all(&store.dir(id), sig)?);
+    }
     let mut pids = vec![record.pid];
     if all && record.isolation == Isolation::Native {
         pids.extend(Cgroup::of(id).pids());

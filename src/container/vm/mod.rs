@@ -375,6 +375,12 @@ pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, 
     Ok(relay(conn, &spec, tty.as_ref()))
 }
 
+/// `kill --all` in a sandbox: the agent signals every process of the guest.
+pub fn signal_all(dir: &Path, sig: i32) -> Result<(), Error> {
+    let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
+    Ok(client::signal_all(conn, sig)?)
+}
+
 /// `exec -d` in a sandbox: a process of ours relays the session (stdio, signals, terminal) and
 /// exits with its status; returns its pid, which stands for the process on this host (a
 /// signal to it reaches the process; killing it ends the process). Its parent (a shim that
