@@ -27,17 +27,8 @@ fn exec_detached(isolation: &'static str) {
         serde_json::json!({"args": ["sleep", "30"]}),
         isolation,
     );
-    let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("execd");
-    let created = b
-        .command(&["create", "--bundle", &bundle, &name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    b.create_and_start(&name, Stdio::null());
     let pid_file = b.dir.join("exec.pid");
     // The exec'd process keeps exec's stdio (as runc's): give it none to hold open.
     let exec_d = || {
@@ -91,19 +82,10 @@ fn pause_resume(isolation: &'static str) {
     let script = "while true; do echo tick; sleep 0.02; done";
     let process = serde_json::json!({"args": ["sh", "-c", script]});
     let b = Bundle::with_isolation("pause", process, isolation);
-    let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("pause");
     // The container's stdout is a file: how far it got, while frozen and after.
     let log = b.dir.join("ticks");
-    let created = b
-        .command(&["create", "--bundle", &bundle, &name])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    b.create_and_start(&name, std::fs::File::create(&log).unwrap().into());
     let ticks = || std::fs::metadata(&log).map_or(0, |m| m.len());
     let grows = |within: Duration| {
         let (from, start) = (ticks(), Instant::now());
@@ -146,17 +128,8 @@ fn update(isolation: &'static str) {
         serde_json::json!({"args": ["sleep", "30"]}),
         isolation,
     );
-    let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("update");
-    let created = b
-        .command(&["create", "--bundle", &bundle, &name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    b.create_and_start(&name, Stdio::null());
     let cg = |controller: &str, file: &str| {
         let path = format!("/sys/fs/cgroup/{controller}/gureum/{name}/{file}");
         std::fs::read_to_string(path).unwrap().trim().to_string()
@@ -211,17 +184,8 @@ fn ps_lists_the_container_s_processes_on_this_host() {
 fn ps(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sh", "-c", "sleep 29 & sleep 30"]});
     let b = Bundle::with_isolation("ps", process, isolation);
-    let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("ps");
-    let created = b
-        .command(&["create", "--bundle", &bundle, &name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    b.create_and_start(&name, Stdio::null());
     let state = wait_for_status(&b, &name, "running");
     let pid = state["pid"].as_i64().unwrap();
     let want = if isolation == "native" {

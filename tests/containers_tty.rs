@@ -115,18 +115,8 @@ fn exec_with_a_terminal_into_a_running_container() {
 fn exec_tty(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sleep", "30"]});
     let b = Bundle::with_isolation("exectty", process, isolation);
-    let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("exectty");
-    // The container keeps create's stdio: give it none, so nothing waits on its pipes.
-    let created = b
-        .command(&["create", "--bundle", &bundle, &name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(created.success());
-    assert_eq!(b.gureum(&["start", &name]).code, Some(0));
+    b.create_and_start(&name, Stdio::null());
     let mut s = Session::start(b.command(&["exec", "-t", &name, "sh"]));
     s.type_line("echo $((6*7)) $(tty) $(hostname)\n");
     assert!(s.until("42 /dev/pts/"), "no answer: {:?}", s.text());

@@ -142,6 +142,22 @@ impl Bundle {
         finish(child, Duration::from_secs(30))
     }
 
+    /// `create` then `start` of this bundle as container `id`, with `stdout` as the container's
+    /// (it keeps create's stdio, as runc's does: nothing else, so nobody waits on its pipes).
+    pub fn create_and_start(&self, id: &str, stdout: Stdio) {
+        let bundle = self.dir.to_str().unwrap();
+        let created = self
+            .command(&["create", "--bundle", bundle, id])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "create {id}");
+        let started = self.gureum(&["start", id]);
+        assert_eq!(started.code, Some(0), "{}", started.describe());
+    }
+
     /// `gureum run` of this bundle as container `id`.
     pub fn run(&self, id: &str) -> Output {
         let bundle = self.dir.to_str().unwrap().to_string();

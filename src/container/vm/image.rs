@@ -21,38 +21,19 @@ pub enum Error {
     NoMkfs(#[source] std::io::Error),
 }
 
-/// Hashes the tree at `root` (names, types, modes, owners, contents, link targets) and totals
-/// its size in bytes.
-fn digest(root: &Path) -> Result<(String, u64), Error> {
-    let mut hash = Sha256::new();
-    let mut total = 0u64;
+/// Visits every entry under `root` (`root` itself first, as ""), in name order, with its path
+/// relative to `root`, its full path and its metadata (not following symlinks).
+fn walk(
+    root: &Path,
+    mut visit: impl FnMut(&Path, &Path, &std::fs::Metadata) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut todo = vec![PathBuf::new()];
-    let mut buf = vec![0u8; 256 * 1024];
     while let Some(rel) = todo.pop() {
         let path = root.join(&rel);
         let read = |e| Error::Read(path.clone(), e);
         let meta = std::fs::symlink_metadata(&path).map_err(read)?;
-        hash.update(rel.as_os_str().as_encoded_bytes());
-        hash.update([0]);
-        for n in [meta.mode(), meta.uid(), meta.gid()] {
-            hash.update(n.to_le_bytes());
-        }
-        hash.update(meta.rdev().to_le_bytes());
-        total += meta.len() + 4096;
-        if meta.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(read)?;
-            hash.update(target.as_os_str().as_encoded_bytes());
-        } else if meta.is_file() {
-            hash.update(meta.len().to_le_bytes());
-            let mut f = std::fs::File::open(&path).map_err(read)?;
-            loop {
-                let n = f.read(&mut buf).map_err(read)?;
-                if n == 0 {
-                    break;
-                }
-                hash.update(&buf[..n]);
-            }
-        } else if meta.is_dir() {
+        visit(&rel, &path, &meta)?;
+        if meta.is_dir() {
             let mut names: Vec<_> = std::fs::read_dir(&path)
                 .map_err(read)?
                 .map(|e| e.map(|e| e.file_name()))
@@ -63,33 +44,66 @@ fn digest(root: &Path) -> Result<(String, u64), Error> {
             todo.extend(names.into_iter().rev().map(|n| rel.join(n)));
         }
     }
-    let hex: String = hash
-        .finalize()
+    Ok(())
+}
+
+/// What both keys hash of an entry: its name, type and mode, owners and device number.
+fn hash_entry(hash: &mut Sha256, rel: &Path, meta: &std::fs::Metadata) {
+    hash.update(rel.as_os_str().as_encoded_bytes());
+    hash.update([0]);
+    for n in [meta.mode(), meta.uid(), meta.gid()] {
+        hash.update(n.to_le_bytes());
+    }
+    hash.update(meta.rdev().to_le_bytes());
+}
+
+fn hex(hash: Sha256) -> String {
+    hash.finalize()
         .iter()
         .take(16)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, total))
+        .collect()
+}
+
+/// Hashes the tree at `root` (names, types, modes, owners, contents, link targets) and totals
+/// its size in bytes.
+fn digest(root: &Path) -> Result<(String, u64), Error> {
+    let mut hash = Sha256::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    walk(root, |rel, path, meta| {
+        let read = |e| Error::Read(path.to_path_buf(), e);
+        hash_entry(&mut hash, rel, meta);
+        total += meta.len() + 4096;
+        if meta.is_symlink() {
+            let target = std::fs::read_link(path).map_err(read)?;
+            hash.update(target.as_os_str().as_encoded_bytes());
+        } else if meta.is_file() {
+            hash.update(meta.len().to_le_bytes());
+            let mut f = std::fs::File::open(path).map_err(read)?;
+            loop {
+                let n = f.read(&mut buf).map_err(read)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((hex(hash), total))
 }
 
 /// Hashes what `stat` says of every entry under `root` (names, types, modes, owners, sizes,
-/// inode numbers, modification and change times to the nanosecond, link targets), without
-/// reading contents. Any write changes a file's ctime, which no one can set back, so an equal
-/// fingerprint means an unchanged tree (git's index relies on the same).
+/// inode numbers, modification and change times to the nanosecond), without reading contents.
+/// Any write changes a file's ctime, which no one can set back, so an equal fingerprint means
+/// an unchanged tree (git's index relies on the same).
 fn fingerprint(root: &Path) -> Result<String, Error> {
     let mut hash = Sha256::new();
     hash.update(root.as_os_str().as_encoded_bytes());
-    let mut todo = vec![PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        let path = root.join(&rel);
-        let read = |e| Error::Read(path.clone(), e);
-        let meta = std::fs::symlink_metadata(&path).map_err(read)?;
-        hash.update(rel.as_os_str().as_encoded_bytes());
-        hash.update([0]);
-        for n in [meta.mode(), meta.uid(), meta.gid()] {
-            hash.update(n.to_le_bytes());
-        }
-        for n in [meta.rdev(), meta.len(), meta.ino(), meta.dev()] {
+    walk(root, |rel, _, meta| {
+        hash_entry(&mut hash, rel, meta);
+        for n in [meta.len(), meta.ino(), meta.dev()] {
             hash.update(n.to_le_bytes());
         }
         for n in [
@@ -100,21 +114,9 @@ fn fingerprint(root: &Path) -> Result<String, Error> {
         ] {
             hash.update(n.to_le_bytes());
         }
-        if meta.is_dir() {
-            let names: Vec<_> = std::fs::read_dir(&path)
-                .map_err(read)?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()
-                .map_err(read)?;
-            todo.extend(names.into_iter().map(|n| rel.join(n)));
-        }
-    }
-    Ok(hash
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+        Ok(())
+    })?;
+    Ok(hex(hash))
 }
 
 /// The cached image of `rootfs`, built if needed. A tree seen before unchanged (same
