@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -130,10 +131,16 @@ fn update(isolation: &'static str) {
     );
     let name = id("update");
     b.create_and_start(&name, Stdio::null());
-    let cg = |controller: &str, file: &str| {
-        let path = format!("/sys/fs/cgroup/{controller}/gureum/{name}/{file}");
+    // A v1 host's file in the controller's hierarchy, or a v2 host's.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cg = |controller: &str, v1_file: &str, v2_file: &str| {
+        let path = match v2 {
+            true => format!("/sys/fs/cgroup/gureum/{name}/{v2_file}"),
+            false => format!("/sys/fs/cgroup/{controller}/gureum/{name}/{v1_file}"),
+        };
         std::fs::read_to_string(path).unwrap().trim().to_string()
     };
+    let quota = if v2 { "20000 100000" } else { "20000" };
     let out = b.gureum(&[
         "update",
         "--cpu-quota",
@@ -143,12 +150,15 @@ fn update(isolation: &'static str) {
         &name,
     ]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "20000");
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us", "cpu.max"), quota);
     if isolation == "native" {
         let out = b.gureum(&["update", "--memory", "64m", "--pids-limit", "50", &name]);
         assert_eq!(out.code, Some(0), "{}", out.describe());
-        assert_eq!(cg("memory", "memory.limit_in_bytes"), "67108864");
-        assert_eq!(cg("pids", "pids.max"), "50");
+        assert_eq!(
+            cg("memory", "memory.limit_in_bytes", "memory.max"),
+            "67108864"
+        );
+        assert_eq!(cg("pids", "pids.max", "pids.max"), "50");
         // From stdin, as containerd sends it: only the memory changes.
         let mut child = b
             .command(&["update", "-r", "-", &name])
@@ -158,8 +168,11 @@ fn update(isolation: &'static str) {
         let json = br#"{"memory": {"limit": 33554432}}"#;
         child.stdin.take().unwrap().write_all(json).unwrap();
         assert!(child.wait().unwrap().success());
-        assert_eq!(cg("memory", "memory.limit_in_bytes"), "33554432");
-        assert_eq!(cg("pids", "pids.max"), "50");
+        assert_eq!(
+            cg("memory", "memory.limit_in_bytes", "memory.max"),
+            "33554432"
+        );
+        assert_eq!(cg("pids", "pids.max", "pids.max"), "50");
     } else {
         let out = b.gureum(&["update", "--memory", "1g", &name]);
         assert_eq!(out.code, Some(1), "{}", out.describe());

@@ -76,12 +76,16 @@ impl Resources {
     }
 }
 
-/// One device cgroup rule: allow or deny `access` (of r, w, m) to type a/c/b, major:minor.
+/// One device cgroup rule: allow or deny `access` (of r, w, m) to devices of a kind and number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRule {
     pub allow: bool,
-    /// "a 1:3 rwm" as devices.allow / devices.deny take it ("*" for any number).
-    pub rule: String,
+    /// 'a' (any), 'b' (block) or 'c' (character).
+    pub kind: char,
+    /// None: any.
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
 }
 
 /// A bundle ready to run.
@@ -236,20 +240,22 @@ pub fn limits(r: &oci_spec::runtime::LinuxResources) -> Resources {
             .devices()
             .iter()
             .flatten()
-            .map(|d| {
-                let n = |v: Option<i64>| v.map_or_else(|| "*".to_string(), |v| v.to_string());
-                // The cgroup knows a, b and c; an unbuffered character device (u) is a c.
-                let typ = match d.typ() {
-                    Some(LinuxDeviceType::B) => "b",
-                    Some(LinuxDeviceType::C | LinuxDeviceType::U) => "c",
-                    Some(LinuxDeviceType::P) => "p",
-                    Some(LinuxDeviceType::A) | None => "a",
+            .filter_map(|d| {
+                // The cgroup knows a, b and c; an unbuffered character device (u) is a c, and
+                // a FIFO (p) is no device it controls.
+                let kind = match d.typ() {
+                    Some(LinuxDeviceType::B) => 'b',
+                    Some(LinuxDeviceType::C | LinuxDeviceType::U) => 'c',
+                    Some(LinuxDeviceType::P) => return None,
+                    Some(LinuxDeviceType::A) | None => 'a',
                 };
-                let access = d.access().clone().unwrap_or_else(|| "rwm".into());
-                DeviceRule {
+                Some(DeviceRule {
                     allow: d.allow(),
-                    rule: format!("{typ} {}:{} {access}", n(d.major()), n(d.minor())),
-                }
+                    kind,
+                    major: d.major(),
+                    minor: d.minor(),
+                    access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+                })
             })
             .collect(),
     }

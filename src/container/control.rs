@@ -2,7 +2,6 @@
 //! limits.
 
 use super::bundle::{self, Isolation};
-use super::cgroup::Cgroup;
 use super::state::{Status, Store};
 use super::{Error, Global, expect};
 
@@ -27,7 +26,7 @@ pub fn update(
     if record.isolation == Isolation::Vm && (r.memory_bytes.is_some() || r.pids.is_some()) {
         return Err(Error::VmUpdate);
     }
-    Ok(Cgroup::of(id).update(&r)?)
+    Ok(record.cgroup().update(&r)?)
 }
 
 /// `pause`: freezes every process of a running container (a sandbox's whole VM).
@@ -35,7 +34,7 @@ pub fn pause(g: &Global, id: &str) -> Result<(), Error> {
     let store = Store::new(&g.root);
     let record = store.load(id)?;
     expect(&store, &record, Status::Running)?;
-    Ok(Cgroup::of(id).freeze(true)?)
+    Ok(record.cgroup().freeze(true)?)
 }
 
 /// `resume`: thaws a paused container.
@@ -43,7 +42,7 @@ pub fn resume(g: &Global, id: &str) -> Result<(), Error> {
     let store = Store::new(&g.root);
     let record = store.load(id)?;
     expect(&store, &record, Status::Paused)?;
-    Ok(Cgroup::of(id).freeze(false)?)
+    Ok(record.cgroup().freeze(false)?)
 }
 
 /// `ps`: the host pids of a created, running or paused container (its cgroup's).
@@ -51,7 +50,7 @@ pub fn pids(g: &Global, id: &str) -> Result<Vec<i32>, Error> {
     let store = Store::new(&g.root);
     let record = store.load(id)?;
     live(&store, &record)?;
-    Ok(Cgroup::of(id).pids())
+    Ok(record.cgroup().pids())
 }
 
 /// A container whose processes exist: created, running or paused.

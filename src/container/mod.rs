@@ -181,6 +181,7 @@ fn create_with(
         annotations: bundle.annotations.clone(),
         process: bundle.process.clone(),
         hooks: bundle.spec.hooks().clone(),
+        cgroup: Some(Cgroup::of(id)),
     };
     store.save(&record)?;
     native::make_fifo(bundle, &dir)?;
@@ -338,11 +339,12 @@ pub fn run_image(
 
 /// Kills whatever is left of a container and removes its cgroup and state.
 fn destroy(store: &Store, record: &Record) {
-    let cgroup = Cgroup::of(&record.id);
+    let cgroup = record.cgroup();
     // A frozen process takes a signal only once thawed.
     if cgroup.frozen() {
         let _ = cgroup.freeze(false);
     }
+    cgroup.kill_all();
     for attempt in 0..500 {
         let mut pids = cgroup.pids();
         if record.pid > 0 && state::alive(record.pid, record.pid_start) {
@@ -396,7 +398,7 @@ pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> 
     }
     let mut pids = vec![record.pid];
     if all && record.isolation == Isolation::Native {
-        pids.extend(Cgroup::of(id).pids());
+        pids.extend(record.cgroup().pids());
     }
     for pid in pids {
         // SAFETY: signals a process of this container.
@@ -511,7 +513,7 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         return Ok(vm::exec(&store.dir(id), &process, tty)?);
     }
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let (pid, mut master) = native::exec(record.pid, &process, &Cgroup::of(id), process.terminal)?;
+    let (pid, mut master) = native::exec(record.pid, &process, &record.cgroup(), process.terminal)?;
     write_pid_file(opts.pid_file.as_deref(), pid)?;
     if let Some(socket) = &opts.console_socket
         && let Some(m) = master.take()

@@ -64,6 +64,18 @@ pub struct Record {
     /// The bundle's hooks, for `start` and `delete` to run theirs.
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// Where its cgroup is (absent in records of older versions: found as they made it).
+    #[serde(default)]
+    pub cgroup: Option<super::cgroup::Cgroup>,
+}
+
+impl Record {
+    /// The container's cgroup, as `create` made it.
+    pub fn cgroup(&self) -> super::cgroup::Cgroup {
+        self.cgroup
+            .clone()
+            .unwrap_or_else(|| super::cgroup::Cgroup::of(&self.id))
+    }
 }
 
 /// The OCI runtime-spec state, as `gureum state` prints it.
@@ -184,7 +196,7 @@ impl Store {
         }
         if self.dir(&record.id).join("exec.fifo").exists() {
             Status::Created
-        } else if super::cgroup::Cgroup::of(&record.id).frozen() {
+        } else if record.cgroup().frozen() {
             Status::Paused
         } else {
             Status::Running

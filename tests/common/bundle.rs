@@ -14,6 +14,8 @@ pub struct Bundle {
     pub isolation: &'static str,
     /// A sandbox whose VMM is the stand-in (tests/fixtures/standin-vmm.sh).
     pub standin: bool,
+    /// `GUREUM_CGROUP2`: the cgroup2 mount gureum is to use instead of the host's default.
+    pub cgroup2: Option<PathBuf>,
 }
 
 /// The isolations to run each case in: natively always; in a microVM where the host can run our
@@ -78,6 +80,7 @@ impl Bundle {
             dir,
             isolation: if standin { "vm" } else { isolation },
             standin,
+            cgroup2: None,
         };
         bundle.config(process, |_| {});
         bundle
@@ -127,6 +130,9 @@ impl Bundle {
             .args(args);
         if self.standin {
             use_standin(&mut cmd);
+        }
+        if let Some(root) = &self.cgroup2 {
+            cmd.env("GUREUM_CGROUP2", root);
         }
         cmd
     }
@@ -185,7 +191,8 @@ impl Bundle {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!self.root.join(id).exists(), "state of {id} left behind");
-        for c in ["memory", "pids", "cpu", "devices", "freezer"] {
+        // v1's hierarchies, a hybrid host's unified one, a v2 host's.
+        for c in ["memory", "pids", "cpu", "devices", "freezer", "unified", ""] {
             let cg = Path::new("/sys/fs/cgroup").join(c).join("gureum").join(id);
             assert!(!cg.exists(), "{} left behind", cg.display());
         }

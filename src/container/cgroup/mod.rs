@@ -1,8 +1,14 @@
-//! Cgroup limits for a native container, on cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`
-//! exists) or on v1 / hybrid hosts (one hierarchy per controller, as on this Debian host).
-//! Each container gets `gureum/<id>` in the memory, cpu, pids, devices and freezer hierarchies.
+//! Cgroup limits for a container, on cgroup v2 (`/sys/fs/cgroup/cgroup.controllers` exists) or
+//! on v1 / hybrid hosts (one hierarchy per controller, as on this Debian host). Each container
+//! gets `gureum/<id>`: in the memory, cpu, pids, devices and freezer hierarchies on v1, once on
+//! v2. `GUREUM_CGROUP2=PATH` uses the cgroup2 mount at PATH instead (a hybrid host's unified
+//! hierarchy, whose controllers may be few: the tests use it to run the v2 path on v1 hosts).
+
+mod devices;
 
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use super::bundle::Resources;
 
@@ -10,28 +16,30 @@ use super::bundle::Resources;
 pub enum Error {
     #[error("cgroup {0}")]
     Io(PathBuf, #[source] std::io::Error),
+    #[error(
+        "cgroup v2 at {root}: no {controller} controller to limit with (cgroup.controllers: {available:?})"
+    )]
+    NoController {
+        controller: &'static str,
+        root: PathBuf,
+        available: String,
+    },
+    #[error("linux.resources.devices: bad {0}")]
+    DeviceRule(String),
+    #[error("cgroup v2: {0}")]
+    Bpf(&'static str, #[source] std::io::Error),
+    #[error("cgroup v2: the kernel refused the devices program: {0}")]
+    Verifier(String),
 }
 
 const MOUNT: &str = "/sys/fs/cgroup";
 const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
+/// The controllers a v2 container's limits use, enabled for it where the host has them.
+const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
-/// Devices every container may use, after the spec's own rules (runc's list): mknod of any,
-/// null, zero, full, tty, random, urandom, the ptys and the tun device.
-const DEFAULT_DEVICES: [&str; 10] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 5:0 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 136:* rwm",
-    "c 5:2 rwm",
-];
-
-/// The container's cgroup directories (one on v2, one per controller on v1).
-#[derive(Debug, Clone)]
+/// The container's cgroup directories (one on v2, one per controller on v1). Kept in the
+/// container's state, so every later command finds the cgroup `create` made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
@@ -41,36 +49,38 @@ fn write(path: &Path, value: &str) -> Result<(), Error> {
     std::fs::write(path, value).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
-fn is_v2() -> bool {
-    Path::new(MOUNT).join("cgroup.controllers").exists()
+/// The cgroup2 mount to use, if any: `GUREUM_CGROUP2`, or /sys/fs/cgroup on a v2 host.
+fn v2_root() -> Option<PathBuf> {
+    if let Some(root) = std::env::var_os("GUREUM_CGROUP2").filter(|r| !r.is_empty()) {
+        return Some(root.into());
+    }
+    Path::new(MOUNT)
+        .join("cgroup.controllers")
+        .exists()
+        .then(|| MOUNT.into())
 }
 
 impl Cgroup {
     /// The cgroup of container `id`, whether or not it exists yet.
     pub fn of(id: &str) -> Self {
-        let v2 = is_v2();
-        let dirs = if v2 {
-            vec![Path::new(MOUNT).join("gureum").join(id)]
-        } else {
-            CONTROLLERS
-                .iter()
-                .map(|c| Path::new(MOUNT).join(c))
-                .filter(|c| c.is_dir())
-                .map(|c| c.join("gureum").join(id))
-                .collect()
-        };
-        Self { dirs, v2 }
+        if let Some(root) = v2_root() {
+            let dirs = vec![root.join("gureum").join(id)];
+            return Self { dirs, v2: true };
+        }
+        let dirs = CONTROLLERS
+            .iter()
+            .map(|c| Path::new(MOUNT).join(c))
+            .filter(|c| c.is_dir())
+            .map(|c| c.join("gureum").join(id))
+            .collect();
+        Self { dirs, v2: false }
     }
 
     /// Makes the directories and writes the limits.
     pub fn create(id: &str, r: &Resources) -> Result<Self, Error> {
         let cg = Self::of(id);
         if cg.v2 {
-            // Controllers must be enabled in every ancestor's subtree_control.
-            for parent in [PathBuf::from(MOUNT), Path::new(MOUNT).join("gureum")] {
-                std::fs::create_dir_all(&parent).map_err(|e| Error::Io(parent.clone(), e))?;
-                let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu +pids");
-            }
+            cg.enable_controllers()?;
         }
         for dir in &cg.dirs {
             std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.clone(), e))?;
@@ -80,6 +90,30 @@ impl Cgroup {
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// v2: the memory, cpu and pids controllers the host has, enabled in the subtree_control
+    /// of the root and of `gureum/` (a cgroup sees only what its parent enables). One write
+    /// each: a write naming one controller the parent lacks would fail whole.
+    fn enable_controllers(&self) -> Result<(), Error> {
+        let Some(gureum) = self.dirs.first().and_then(|d| d.parent()) else {
+            return Ok(());
+        };
+        let root = gureum.parent().unwrap_or(gureum);
+        std::fs::create_dir_all(gureum).map_err(|e| Error::Io(gureum.to_path_buf(), e))?;
+        for dir in [root, gureum] {
+            let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .map_err(|e| Error::Io(dir.join("cgroup.controllers"), e))?;
+            let enabled =
+                std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let has = |text: &str, c: &str| text.split_whitespace().any(|w| w == c);
+            for c in V2_CONTROLLERS {
+                if has(&available, c) && !has(&enabled, c) {
+                    write(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
@@ -94,31 +128,17 @@ impl Cgroup {
         Some(dir.join(name))
     }
 
+    /// The limits of a new cgroup: what `r` sets (a zero or negative limit is none).
     fn limit(&self, r: &Resources) -> Result<(), Error> {
-        let pids = r
-            .pids
-            .filter(|&p| p > 0)
-            .map_or_else(|| "max".to_string(), |p| p.to_string());
-        let period = r.cpu_period_us.unwrap_or(100_000);
         let quota = r.cpu_quota_us.filter(|&q| q > 0);
-        if self.v2 {
-            if let Some(m) = r.memory_bytes.filter(|&m| m > 0) {
-                self.set("memory", "memory.max", &m.to_string())?;
-            }
-            if let Some(q) = quota {
-                self.set("cpu", "cpu.max", &format!("{q} {period}"))?;
-            }
-            return self.set("pids", "pids.max", &pids);
-        }
-        if let Some(m) = r.memory_bytes.filter(|&m| m > 0) {
-            self.set("memory", "memory.limit_in_bytes", &m.to_string())?;
-        }
-        self.devices(r)?;
-        if let Some(q) = quota {
-            self.set("cpu", "cpu.cfs_period_us", &period.to_string())?;
-            self.set("cpu", "cpu.cfs_quota_us", &q.to_string())?;
-        }
-        self.set("pids", "pids.max", &pids)
+        self.update(&Resources {
+            memory_bytes: r.memory_bytes.filter(|&m| m > 0),
+            cpu_quota_us: quota,
+            cpu_period_us: quota.and(r.cpu_period_us.or(Some(100_000))),
+            pids: r.pids.filter(|&p| p > 0),
+            devices: Vec::new(),
+        })?;
+        self.devices(r)
     }
 
     /// Changes the limits `r` names (`update`); those it leaves out stay.
@@ -149,29 +169,44 @@ impl Cgroup {
     }
 
     /// The spec's device rules in order, then the defaults; none leaves the cgroup's own
-    /// (allow all). Cgroup v2 would need an eBPF device program: not enforced there yet.
+    /// (its parent's). v1 writes them to its files, v2 attaches them as an eBPF program.
     fn devices(&self, r: &Resources) -> Result<(), Error> {
-        if r.devices.is_empty() {
+        let rules = devices::rules(&r.devices);
+        if rules.is_empty() {
             return Ok(());
         }
-        for d in &r.devices {
+        if self.v2 {
+            return self
+                .dirs
+                .iter()
+                .try_for_each(|d| devices::attach(d, &rules));
+        }
+        rules.iter().try_for_each(|d| {
             let file = if d.allow {
                 "devices.allow"
             } else {
                 "devices.deny"
             };
-            self.set("devices", file, &d.rule)?;
-        }
-        DEFAULT_DEVICES
-            .iter()
-            .try_for_each(|rule| self.set("devices", "devices.allow", rule))
+            self.set("devices", file, &devices::v1_line(d))
+        })
     }
 
-    fn set(&self, controller: &str, name: &str, value: &str) -> Result<(), Error> {
-        match self.file(controller, name) {
-            Some(path) => write(&path, value),
-            None => Ok(()),
+    /// Writes a controller's file; on v1 a controller the host does not mount is skipped, on
+    /// v2 one the cgroup lacks is an error (a limit would be lost).
+    fn set(&self, controller: &'static str, name: &str, value: &str) -> Result<(), Error> {
+        let Some(path) = self.file(controller, name) else {
+            return Ok(());
+        };
+        if self.v2 && !path.exists() {
+            let root = self.dirs[0].ancestors().nth(2).unwrap_or(Path::new(MOUNT));
+            let available = std::fs::read_to_string(root.join("cgroup.controllers"));
+            return Err(Error::NoController {
+                controller,
+                root: root.to_path_buf(),
+                available: available.unwrap_or_default().trim().to_string(),
+            });
         }
+        write(&path, value)
     }
 
     /// Freezes every process of the cgroup (or thaws them), and waits until it is done.
@@ -226,6 +261,14 @@ impl Cgroup {
         pids
     }
 
+    /// Kills every process of the cgroup at once where the kernel can (v2's cgroup.kill);
+    /// the caller still signals what is left one by one.
+    pub fn kill_all(&self) {
+        if self.v2 {
+            let _ = self.set("freezer", "cgroup.kill", "1");
+        }
+    }
+
     /// Removes the directories, waiting up to a second for exiting processes to leave them.
     pub fn remove(&self) {
         for dir in &self.dirs {
@@ -240,3 +283,7 @@ impl Cgroup {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
