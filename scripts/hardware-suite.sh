@@ -49,7 +49,8 @@ step "bench boot: test guest vs QEMU microvm" "$gureum" bench boot --kernel "$gu
 step "bench boot: Linux guest vs QEMU microvm" "$gureum" bench boot --runs 10 --cmdline "$linux_cmdline"
 step "bench devices: block vs QEMU microvm" "$gureum" bench devices --kernel "$guest" --runs 5
 step "containers in microVM sandboxes (and natively)" cargo test --release --test containers \
-  --test containers_security --test containers_tty --test containers_manage --test images
+  --test containers_security --test containers_tty --test containers_manage --test containers_cgroup2 \
+  --test images
 step "bench compare: native, runc, sandbox, microVMs vs QEMU" "$gureum" bench compare --runs 10 \
   --density 10 --test-guest "$guest" --out "$root/target/bench-compare"
 "$gureum" host-check

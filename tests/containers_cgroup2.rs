@@ -110,6 +110,13 @@ fn pause_resume_delete(isolation: &'static str) {
         "{isolation}: nothing in {}",
         dir.display()
     );
+    if isolation == "native" {
+        // An exec'd process is born in the container's cgroup too (clone3 CLONE_INTO_CGROUP).
+        let out = b.gureum(&["exec", &name, "cat", "/proc/self/cgroup"]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let line = format!("0::/gureum/{name}\n");
+        assert!(out.stdout.contains(&line), "{}", out.describe());
+    }
     assert_eq!(b.gureum(&["pause", &name]).code, Some(0));
     assert!(events().contains("frozen 1"), "{}", events());
     assert_eq!(wait_for_status(&b, &name, "paused")["status"], "paused");

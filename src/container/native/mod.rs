@@ -136,22 +136,17 @@ pub fn create(
     };
     let (go_r, go_w) = pipe().map_err(sys("make a pipe"))?;
     let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
-    let clone_flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or_default();
-    // SAFETY: a fork-like clone (no new stack) from a single-threaded process; the child runs
-    // only container_init, which never returns.
-    let pid =
-        unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
-    if pid == 0 {
+    // The child runs only container_init, which never returns.
+    let forked = cgroup.fork_into(flags);
+    if let Ok((0, _)) = forked {
         drop(go_w);
         drop(report_r);
         init::container_init(&plan, &go_r, report_w);
     }
     drop(go_r);
     drop(report_w);
-    let pid = i32::try_from(pid).map_err(|_| Error::Sys("clone".into(), os_err()))?;
-    if pid < 0 {
-        return Err(Error::Sys("clone the container's init".into(), os_err()));
-    }
+    let (pid, joined) = forked.map_err(sys("clone the container's init"))?;
+    let cgroup = (!joined).then_some(cgroup);
     let result = admit(bundle, record, pid, cgroup, &go_w, &report_r);
     if result.is_err() {
         // SAFETY: kills and reaps our own child.
@@ -163,17 +158,20 @@ pub fn create(
     result.map(|master| (pid, master))
 }
 
-/// Parent's half of set-up: id maps, cgroup, go-ahead, then the init's report.
+/// Parent's half of set-up: id maps, cgroup (unless the init was born in it), go-ahead, then
+/// the init's report.
 fn admit(
     bundle: &Bundle,
     record: &Record,
     pid: i32,
-    cgroup: &Cgroup,
+    cgroup: Option<&Cgroup>,
     go: &OwnedFd,
     report: &OwnedFd,
 ) -> Result<Option<OwnedFd>, Error> {
     write_id_maps(bundle, pid)?;
-    cgroup.add(pid)?;
+    if let Some(cgroup) = cgroup {
+        cgroup.add(pid)?;
+    }
     write_all(go.as_raw_fd(), b"G").map_err(sys("start the container's init"))?;
     let mut first = Vec::new();
     if hooks::any_before_start(bundle.spec.hooks().as_ref()) {
@@ -328,16 +326,15 @@ pub fn exec(
         }
     }
     let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
-    // SAFETY: fork in a single-threaded process; the child execs or exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
+    // The child execs or exits.
+    let forked = cgroup.fork_into(0);
+    if let Ok((0, joined)) = forked {
         drop(report_r);
+        let cgroup = (!joined).then_some(cgroup);
         exec_child(&namespaces, process, cgroup, report_w, terminal);
     }
     drop(report_w);
-    if pid < 0 {
-        return Err(Error::Sys("fork".into(), os_err()));
-    }
+    let (pid, _) = forked.map_err(sys("fork"))?;
     let (answer, master) = pty::receive(&report_r).map_err(sys("read the exec'd process"))?;
     if let Some((b'E', rest)) = answer.split_first().filter(|_| answer.len() >= 5) {
         let (code, msg) = rest.split_at(4);
@@ -354,14 +351,14 @@ pub fn exec(
 fn exec_child(
     namespaces: &[(libc::c_int, OwnedFd)],
     p: &Process,
-    cgroup: &Cgroup,
+    cgroup: Option<&Cgroup>,
     report: OwnedFd,
     terminal: bool,
 ) -> ! {
     let fail = |f: init::Failure| -> ! { init::fail(&report, f) };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
-    if let Err(e) = cgroup.add(me) {
+    if let Err(e) = cgroup.map_or(Ok(()), |c| c.add(me)) {
         fail((1, e.to_string()));
     }
     for (flag, fd) in namespaces.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {

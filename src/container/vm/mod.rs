@@ -143,12 +143,14 @@ pub fn create(
         false => (None, None),
     };
     let (report_r, report_w) = pipe().map_err(Error::Sys)?;
-    // SAFETY: fork from a single-threaded process; the child runs the monitor and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
+    // The child runs the monitor and exits.
+    let forked = cgroup.fork_into(0);
+    if let Ok((0, joined)) = forked {
         drop(report_r);
         drop(master);
-        if let Err(e) = cgroup.add(std::process::id().try_into().unwrap_or_default()) {
+        let me = std::process::id().try_into().unwrap_or_default();
+        let joined = if joined { Ok(()) } else { cgroup.add(me) };
+        if let Err(e) = joined {
             let cause = std::error::Error::source(&e).map(ToString::to_string);
             let why = format!("E{e}: {}", cause.unwrap_or_default());
             let _ = write_all(report_w.as_raw_fd(), why.as_bytes());
@@ -159,9 +161,7 @@ pub fn create(
     }
     drop(report_w);
     drop(tty);
-    if pid < 0 {
-        return Err(Error::Sys(std::io::Error::last_os_error()));
-    }
+    let (pid, _) = forked.map_err(Error::Sys)?;
     let answer = read_to_end(&report_r).map_err(Error::Sys)?;
     if answer.first() == Some(&b'R') {
         return Ok((pid, master));
