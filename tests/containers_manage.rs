@@ -222,3 +222,59 @@ fn ps(isolation: &'static str) {
     assert_eq!(b.gureum(&["ps", &name]).code, Some(1));
     b.assert_gone(&name);
 }
+
+#[test]
+fn every_process_of_a_container_is_in_its_cgroups() {
+    isolations().into_iter().for_each(in_cgroups);
+}
+
+/// `/proc/PID/cgroup` puts the process in `gureum/<name>` in each hierarchy gureum uses.
+fn assert_in_cgroups(text: &str, name: &str, who: &str) {
+    let want = format!("/gureum/{name}");
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let ours = ["memory", "cpu", "pids", "devices", "freezer"];
+    let mut checked = 0;
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':').skip(1);
+        let (controllers, path) = (fields.next().unwrap(), fields.next().unwrap());
+        let used = match v2 {
+            true => controllers.is_empty(),
+            false => controllers.split(',').any(|c| ours.contains(&c)),
+        };
+        if used {
+            assert_eq!(path, want, "{who}: {line}\n{text}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{who}: no cgroup of gureum's in\n{text}");
+}
+
+fn in_cgroups(isolation: &'static str) {
+    let process = serde_json::json!({"args": ["sleep", "30"]});
+    let b = Bundle::with_isolation("in-cgroups", process, isolation);
+    let name = id("in-cgroups");
+    b.create_and_start(&name, Stdio::null());
+    let state = wait_for_status(&b, &name, "running");
+    let pid = state["pid"].as_i64().unwrap();
+    let cgroup = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // The init (natively) or the sandbox's monitor.
+    assert_in_cgroups(&cgroup(pid), &name, &format!("{isolation}: pid {pid}"));
+    if isolation == "native" {
+        let out = b.gureum(&["exec", &name, "cat", "/proc/self/cgroup"]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        assert_in_cgroups(&out.stdout, &name, "an exec'd process");
+    } else {
+        // The sandbox's VMM (or stand-in), a child of the monitor.
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        let vmm: i64 = children
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_in_cgroups(&cgroup(vmm), &name, &format!("the VMM, pid {vmm}"));
+    }
+    assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
+    b.assert_gone(&name);
+}

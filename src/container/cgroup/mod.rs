@@ -273,8 +273,8 @@ impl Cgroup {
     /// Forks (a clone with namespace `flags`, SIGCHLD at exit, no new stack) with the child
     /// born in this cgroup where the kernel can: cgroup v2's `clone3(CLONE_INTO_CGROUP)`. A
     /// `cgroup.procs` write instead waits for an RCU grace period (up to ~20 ms here). Returns
-    /// the child's pid (0 in the child) and whether it is in the cgroup; if not, the caller
-    /// `add`s it. Only for a single-threaded caller, as fork.
+    /// the child's pid (0 in the child) and whether it is in the cgroup; if not, the child
+    /// `join_self`s. Only for a single-threaded caller, as fork.
     pub fn fork_into(&self, flags: libc::c_int) -> std::io::Result<(i32, bool)> {
         let flags = u64::from((flags | libc::SIGCHLD).cast_unsigned());
         if let Some(dir) = self.dirs.first().filter(|_| self.v2) {
@@ -316,11 +316,14 @@ impl Cgroup {
         }
     }
 
-    /// Moves `pid` into the cgroup (in every hierarchy).
-    pub fn add(&self, pid: i32) -> Result<(), Error> {
-        self.dirs
-            .iter()
-            .try_for_each(|d| write(&d.join("cgroup.procs"), &pid.to_string()))
+    /// Moves the calling thread into the cgroup (in every hierarchy): the whole process, as
+    /// its only callers are single-threaded. On v1 through `tasks` with "0": for a thread that
+    /// moves itself the kernel takes no global lock, so this does not wait for an RCU grace
+    /// period as a `cgroup.procs` write does (7-18 ms here, against 0.05 ms). A v2 domain
+    /// cgroup has only `cgroup.procs` (and `fork_into` makes its children born inside).
+    pub fn join_self(&self) -> Result<(), Error> {
+        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
+        self.dirs.iter().try_for_each(|d| write(&d.join(file), "0"))
     }
 
     /// The pids still in the cgroup.

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::mounts;
 use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, write_all};
 use crate::container::bundle::{Bundle, Process};
+use crate::container::cgroup::Cgroup;
 use crate::container::hooks::{self, Point};
 
 /// What the container's init needs, prepared by the parent before the clone.
@@ -34,12 +35,17 @@ pub type Failure = (i32, String);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The container's init, in the cloned child. Never returns.
-pub fn container_init(plan: &Plan, go: &OwnedFd, report: OwnedFd) -> ! {
+/// The init joins `cgroup` itself (unless born in it), first, while it is still the host's
+/// root in a new user namespace.
+pub fn container_init(plan: &Plan, cgroup: Option<&Cgroup>, go: &OwnedFd, report: OwnedFd) -> ! {
     let mut byte = [0u8; 1];
     // SAFETY: reads one byte into a live buffer: the parent's go-ahead (or EOF if it died).
     let n = unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
     if n != 1 {
         exit(1);
+    }
+    if let Err(e) = cgroup.map_or(Ok(()), Cgroup::join_self) {
+        fail(&report, (1, e.to_string()));
     }
     // SAFETY: setresgid/setresuid with constant ids, in our own (single-threaded) process.
     if plan.new_user_ns && unsafe { libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 }

@@ -138,16 +138,15 @@ pub fn create(
     let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
     // The child runs only container_init, which never returns.
     let forked = cgroup.fork_into(flags);
-    if let Ok((0, _)) = forked {
+    if let Ok((0, joined)) = forked {
         drop(go_w);
         drop(report_r);
-        init::container_init(&plan, &go_r, report_w);
+        init::container_init(&plan, (!joined).then_some(cgroup), &go_r, report_w);
     }
     drop(go_r);
     drop(report_w);
-    let (pid, joined) = forked.map_err(sys("clone the container's init"))?;
-    let cgroup = (!joined).then_some(cgroup);
-    let result = admit(bundle, record, pid, cgroup, &go_w, &report_r);
+    let (pid, _) = forked.map_err(sys("clone the container's init"))?;
+    let result = admit(bundle, record, pid, &go_w, &report_r);
     if result.is_err() {
         // SAFETY: kills and reaps our own child.
         unsafe {
@@ -158,20 +157,15 @@ pub fn create(
     result.map(|master| (pid, master))
 }
 
-/// Parent's half of set-up: id maps, cgroup (unless the init was born in it), go-ahead, then
-/// the init's report.
+/// Parent's half of set-up: id maps, go-ahead, then the init's report.
 fn admit(
     bundle: &Bundle,
     record: &Record,
     pid: i32,
-    cgroup: Option<&Cgroup>,
     go: &OwnedFd,
     report: &OwnedFd,
 ) -> Result<Option<OwnedFd>, Error> {
     write_id_maps(bundle, pid)?;
-    if let Some(cgroup) = cgroup {
-        cgroup.add(pid)?;
-    }
     write_all(go.as_raw_fd(), b"G").map_err(sys("start the container's init"))?;
     let mut first = Vec::new();
     if hooks::any_before_start(bundle.spec.hooks().as_ref()) {
@@ -356,9 +350,7 @@ fn exec_child(
     terminal: bool,
 ) -> ! {
     let fail = |f: init::Failure| -> ! { init::fail(&report, f) };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    if let Err(e) = cgroup.map_or(Ok(()), |c| c.add(me)) {
+    if let Err(e) = cgroup.map_or(Ok(()), Cgroup::join_self) {
         fail((1, e.to_string()));
     }
     for (flag, fd) in namespaces.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {

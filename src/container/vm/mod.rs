@@ -148,8 +148,7 @@ pub fn create(
     if let Ok((0, joined)) = forked {
         drop(report_r);
         drop(master);
-        let me = std::process::id().try_into().unwrap_or_default();
-        let joined = if joined { Ok(()) } else { cgroup.add(me) };
+        let joined = if joined { Ok(()) } else { cgroup.join_self() };
         if let Err(e) = joined {
             let cause = std::error::Error::source(&e).map(ToString::to_string);
             let why = format!("E{e}: {}", cause.unwrap_or_default());
