@@ -1,92 +1,23 @@
 //! The cgroup v2 path, through the real CLI and the kernel: on a v2 host in /sys/fs/cgroup (where
 //! every other container test runs it too), on a hybrid host such as this one in its unified
-//! hierarchy (`GUREUM_CGROUP2`), whose controllers are few. Device rules (an eBPF program),
-//! freezing, killing and removal are the kernel's own on any cgroup2 mount; a limit whose
-//! controller the mount lacks is refused in one line.
+//! hierarchy (`GUREUM_CGROUP2`), whose controllers are few. Freezing, killing and removal are
+//! the kernel's own on any cgroup2 mount; a limit whose controller the mount lacks is refused in
+//! one line. Device rules (v2's eBPF program) are in containers_security.rs.
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, id, isolations, wait_for_status};
-
-/// The cgroup2 mount to test, and whether it must be named with GUREUM_CGROUP2.
-fn cgroup2() -> Option<(PathBuf, bool)> {
-    let v2 = Path::new("/sys/fs/cgroup");
-    let unified = v2.join("unified");
-    if v2.join("cgroup.controllers").exists() {
-        Some((v2.into(), false))
-    } else if unified.join("cgroup.controllers").exists() {
-        Some((unified, true))
-    } else {
-        None
-    }
-}
+use common::bundle::{Bundle, cgroup_controllers, cgroup2, id, isolations, wait_for_status};
 
 fn bundle(tag: &str, process: serde_json::Value, isolation: &'static str) -> Option<Bundle> {
     let Some((root, named)) = cgroup2() else {
         eprintln!("skipped: this host mounts no cgroup2 hierarchy (a v1-only host)");
         return None;
     };
-    let mut b = Bundle::with_isolation(tag, process.clone(), isolation);
-    b.cgroup2 = named.then_some(root);
-    configure(&b, process, |_| {});
-    Some(b)
-}
-
-/// Writes the bundle's config without the default limits whose controllers the mount lacks
-/// (a hybrid host's unified hierarchy has hardly any), then `edit`s it.
-fn configure(b: &Bundle, process: serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) {
-    let (root, _) = cgroup2().unwrap();
-    let available = controllers(&root);
-    b.config(process, |c| {
-        let resources = c["linux"]["resources"].as_object_mut().unwrap();
-        resources.retain(|name, _| available.split_whitespace().any(|c| c == name));
-        edit(c);
-    });
-}
-
-fn controllers(root: &Path) -> String {
-    std::fs::read_to_string(root.join("cgroup.controllers")).unwrap()
-}
-
-#[test]
-fn device_rules_are_an_ebpf_program_the_kernel_enforces() {
-    // As the v1 test: mknod is allowed, opening a disk node is not, null and zero stay usable.
-    let script = "mknod /tmp/disk b 8 0 && echo made; head -c 1 /tmp/disk; \
-                  head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok";
-    let process = serde_json::json!({"args": ["sh", "-c", script]});
-    let Some(b) = bundle("cg2-devices", process.clone(), "native") else {
-        return;
-    };
-    configure(&b, process.clone(), |c| {
-        c["linux"]["resources"]["devices"] = serde_json::json!([{"allow": false, "access": "rwm"}]);
-    });
-    let out = b.run(&id("cg2-devices"));
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(out.stdout, "made\n3\nnull-ok\n", "{}", out.describe());
-    assert!(
-        out.stderr.contains("Operation not permitted"),
-        "{}",
-        out.describe()
-    );
-    b.assert_gone(&id("cg2-devices"));
-    // An allow after the deny opens that device again (the last rule that matches decides).
-    configure(&b, process, |c| {
-        c["linux"]["resources"]["devices"] = serde_json::json!([
-            {"allow": false, "access": "rwm"},
-            {"allow": true, "type": "b", "major": 8, "access": "r"},
-        ]);
-    });
-    let out = b.run(&id("cg2-devices"));
-    assert!(
-        !out.stderr.contains("Operation not permitted"),
-        "{}",
-        out.describe()
-    );
-    b.assert_gone(&id("cg2-devices"));
+    let b = Bundle::with_isolation(tag, process.clone(), isolation);
+    Some(b.in_cgroup2(named.then_some(root), process))
 }
 
 #[test]
@@ -139,8 +70,10 @@ fn a_limit_is_written_where_its_controller_is_and_refused_where_it_is_not() {
         return;
     };
     let (root, _) = cgroup2().unwrap();
-    let has_pids = controllers(&root).split_whitespace().any(|c| c == "pids");
-    configure(&b, process, |c| {
+    let has_pids = cgroup_controllers(&root)
+        .split_whitespace()
+        .any(|c| c == "pids");
+    b.config(process, |c| {
         c["linux"]["resources"]["pids"] = serde_json::json!({"limit": 64});
     });
     let name = id("cg2-limits");

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::bundle::{Bundle, id, isolations};
+use std::path::PathBuf;
+
+use common::Output;
+use common::bundle::{Bundle, cgroup_layouts, id, isolations};
 
 /// The capability masks a process in the container reports: (Inh, Prm, Eff, Bnd, Amb).
 fn cap_masks(stdout: &str) -> Vec<(String, u64)> {
@@ -209,33 +212,42 @@ fn sysctls(isolation: &'static str) {
 
 #[test]
 fn the_devices_cgroup_allows_only_the_spec_s_devices_and_the_defaults() {
+    // The host's default (v1 files here, an eBPF program on a v2 host), and a hybrid host's
+    // unified hierarchy as v2 (the eBPF program here).
+    cgroup_layouts().into_iter().for_each(devices);
+}
+
+fn devices(cgroup2: Option<PathBuf>) {
     // mknod is allowed (as runc allows it), opening the node is not: the host's first SCSI
     // disk here. /dev/null and /dev/zero stay usable.
     let script = "mknod /tmp/disk b 8 0 && echo made; head -c 1 /tmp/disk; \
                   head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok";
     let process = serde_json::json!({"args": ["sh", "-c", script]});
-    let b = Bundle::new("devices", process.clone());
+    let layout = format!("cgroup2 at {cgroup2:?}");
+    let b = Bundle::new("devices", process.clone()).in_cgroup2(cgroup2, process.clone());
+    let deny_all = serde_json::json!({"allow": false, "access": "rwm"});
     b.config(process.clone(), |c| {
-        c["linux"]["resources"]["devices"] = serde_json::json!([{"allow": false, "access": "rwm"}]);
+        c["linux"]["resources"]["devices"] = serde_json::json!([deny_all]);
     });
     let out = b.run(&id("devices"));
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.code, Some(0), "{layout}: {}", out.describe());
     assert_eq!(out.stdout, "made\n3\nnull-ok\n", "{}", out.describe());
-    assert!(
-        out.stderr.contains("Operation not permitted"),
-        "{}",
-        out.describe()
-    );
+    let denied = |out: &Output| out.stderr.contains("Operation not permitted");
+    assert!(denied(&out), "{layout}: {}", out.describe());
+    b.assert_gone(&id("devices"));
+    // An allow after the deny opens that device again (the last rule that matches decides).
+    b.config(process.clone(), |c| {
+        let allow = serde_json::json!({"allow": true, "type": "b", "major": 8, "access": "r"});
+        c["linux"]["resources"]["devices"] = serde_json::json!([deny_all, allow]);
+    });
+    let out = b.run(&id("devices"));
+    assert!(!denied(&out), "{layout}: {}", out.describe());
     b.assert_gone(&id("devices"));
     // Without device rules the cgroup is the runtime's own: the node opens (and, as block 8:0
     // may not exist here, fails for that reason instead).
     b.config(process, |_| {});
     let out = b.run(&id("devices"));
-    assert!(
-        !out.stderr.contains("Operation not permitted"),
-        "{}",
-        out.describe()
-    );
+    assert!(!denied(&out), "{layout}: {}", out.describe());
     b.assert_gone(&id("devices"));
 }
 

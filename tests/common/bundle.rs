@@ -66,7 +66,41 @@ pub fn use_standin(cmd: &mut Command) {
         .env("GUREUM_AGENT_BIN", agent_bin());
 }
 
+/// The controllers a cgroup2 mount offers.
+pub fn cgroup_controllers(root: &Path) -> String {
+    std::fs::read_to_string(root.join("cgroup.controllers")).unwrap()
+}
+
+/// The cgroup2 mount to run the v2 path on, and whether gureum must be told of it
+/// (`GUREUM_CGROUP2`): a v2 host's /sys/fs/cgroup, which is its default, or a hybrid host's
+/// unified hierarchy. None on a host with v1 alone.
+pub fn cgroup2() -> Option<(PathBuf, bool)> {
+    let v2 = Path::new("/sys/fs/cgroup");
+    let unified = v2.join("unified");
+    if v2.join("cgroup.controllers").exists() {
+        Some((v2.into(), false))
+    } else if unified.join("cgroup.controllers").exists() {
+        Some((unified, true))
+    } else {
+        None
+    }
+}
+
+/// The cgroup layouts for a case to run in: the host's default (None), and a hybrid host's
+/// unified hierarchy as cgroup v2, where the default is v1.
+pub fn cgroup_layouts() -> Vec<Option<PathBuf>> {
+    let named = cgroup2().filter(|(_, named)| *named).map(|(root, _)| root);
+    std::iter::once(None).chain(named.map(Some)).collect()
+}
+
 impl Bundle {
+    /// This bundle, run by gureum with `GUREUM_CGROUP2=root` (its config rewritten for it).
+    pub fn in_cgroup2(mut self, root: Option<PathBuf>, process: serde_json::Value) -> Self {
+        self.cgroup2 = root;
+        self.config(process, |_| {});
+        self
+    }
+
     pub fn new(tag: &str, process: serde_json::Value) -> Self {
         Self::with_isolation(tag, process, "native")
     }
@@ -117,6 +151,13 @@ impl Bundle {
                 "readonlyPaths": ["/proc/sys"]
             }
         });
+        if let Some(root) = &self.cgroup2 {
+            // The default limits the cgroup2 mount has no controller for (a hybrid host's
+            // unified hierarchy has hardly any) would be refused.
+            let available = cgroup_controllers(root);
+            let resources = config["linux"]["resources"].as_object_mut().unwrap();
+            resources.retain(|name, _| available.split_whitespace().any(|c| c == name));
+        }
         edit(&mut config);
         std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
     }
