@@ -195,6 +195,9 @@ pub enum Command {
         /// The container's ID.
         id: String,
     },
+    /// Print what this runtime supports (namespaces, capabilities, seccomp actions, hooks,
+    /// mount options, cgroup versions) as the OCI runtime-spec's features JSON (runc features).
+    Features,
     /// List containers.
     List {
         /// table or json.

@@ -143,6 +143,14 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
             Ok(container::kill(&g, &id, &signal, all).map(|()| 0)?)
         }
         Command::Delete { force, id } => Ok(container::delete(&g, &id, force).map(|()| 0)?),
+        Command::Features => {
+            let features = container::features::features();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&features).unwrap_or_default()
+            );
+            Ok(0)
+        }
         Command::List { format, quiet } => {
             match (format.as_str(), quiet) {
                 (_, true) => container::ids(&g).iter().for_each(|id| println!("{id}")),

@@ -278,3 +278,21 @@ fn in_cgroups(isolation: &'static str) {
     assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
     b.assert_gone(&name);
 }
+
+#[test]
+fn features_prints_the_runtime_spec_document() {
+    let out = common::gureum(&["features"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let f: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    // What containerd's runc shim looks for, and what gureum refuses is not claimed.
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    assert!(
+        f["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .contains(&"user".into())
+    );
+    let actions = f["linux"]["seccomp"]["actions"].as_array().unwrap();
+    assert!(!actions.contains(&"SCMP_ACT_NOTIFY".into()));
+    assert_eq!(f["linux"]["apparmor"]["enabled"], false);
+}

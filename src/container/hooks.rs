@@ -47,7 +47,18 @@ pub enum Point {
 }
 
 impl Point {
-    fn name(self) -> &'static str {
+    /// Every point, in the order of a container's life.
+    pub const ALL: [Point; 6] = [
+        Point::Prestart,
+        Point::CreateRuntime,
+        Point::CreateContainer,
+        Point::StartContainer,
+        Point::Poststart,
+        Point::Poststop,
+    ];
+
+    /// Its name in config.json.
+    pub fn name(self) -> &'static str {
         match self {
             Point::Prestart => "prestart",
             Point::CreateRuntime => "createRuntime",

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cgroup;
 mod control;
+pub mod features;
 pub mod hooks;
 pub mod image;
 pub mod native;

@@ -140,6 +140,39 @@ fn rule(entry: &LinuxSyscall) -> Result<Option<SeccompRule>, Error> {
         .map_err(|e| Error::Rule(name, e))
 }
 
+/// The actions gureum applies (`action`); SCMP_ACT_NOTIFY is refused.
+pub const ACTIONS: [LinuxSeccompAction; 8] = [
+    LinuxSeccompAction::ScmpActKill,
+    LinuxSeccompAction::ScmpActKillProcess,
+    LinuxSeccompAction::ScmpActKillThread,
+    LinuxSeccompAction::ScmpActTrap,
+    LinuxSeccompAction::ScmpActErrno,
+    LinuxSeccompAction::ScmpActTrace,
+    LinuxSeccompAction::ScmpActLog,
+    LinuxSeccompAction::ScmpActAllow,
+];
+
+/// The argument comparisons `rule` applies (all of the spec's).
+pub const OPERATORS: [&str; 7] = [
+    "SCMP_CMP_NE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+];
+
+/// The filter flags gureum passes to seccomp(2).
+pub const FLAGS: [(&str, libc::c_ulong); 3] = [
+    ("SECCOMP_FILTER_FLAG_TSYNC", libc::SECCOMP_FILTER_FLAG_TSYNC),
+    ("SECCOMP_FILTER_FLAG_LOG", libc::SECCOMP_FILTER_FLAG_LOG),
+    (
+        "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+        libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    ),
+];
+
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, Error> {
     let errno = errno.unwrap_or(libc::EPERM.unsigned_abs());
     Ok(match a {
@@ -162,11 +195,8 @@ fn flags(profile: &LinuxSeccomp) -> Result<u32, Error> {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        let bit = match name.as_str() {
-            "SECCOMP_FILTER_FLAG_TSYNC" => libc::SECCOMP_FILTER_FLAG_TSYNC,
-            "SECCOMP_FILTER_FLAG_LOG" => libc::SECCOMP_FILTER_FLAG_LOG,
-            "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-            _ => return Err(Error::Flag(name)),
+        let Some(&(_, bit)) = FLAGS.iter().find(|(n, _)| *n == name) else {
+            return Err(Error::Flag(name));
         };
         Ok(acc | u32::try_from(bit).unwrap_or(0))
     })
@@ -175,6 +205,25 @@ fn flags(profile: &LinuxSeccomp) -> Result<u32, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advertised_actions_and_operators_are_the_applied_ones() {
+        for a in ACTIONS {
+            assert!(action(a, None).is_ok(), "{a:?}");
+        }
+        assert!(action(LinuxSeccompAction::ScmpActNotify, None).is_err());
+        for op in OPERATORS {
+            let json = format!(r#"{{"index":0,"value":1,"valueTwo":1,"op":"{op}"}}"#);
+            let arg: oci_spec::runtime::LinuxSeccompArg = serde_json::from_str(&json).unwrap();
+            let entry = oci_spec::runtime::LinuxSyscallBuilder::default()
+                .names(vec!["read".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .args(vec![arg])
+                .build()
+                .unwrap();
+            assert!(rule(&entry).unwrap().is_some(), "{op}");
+        }
+    }
 
     fn profile(json: &str) -> LinuxSeccomp {
         serde_json::from_str(json).unwrap()

@@ -51,44 +51,49 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> PathBuf {
     root.join(rel)
 }
 
-/// Mount flags and the data string from config.json's options.
+/// The mount flags config.json's options name: (option, flags it sets, flags it clears).
+pub const FLAG_OPTIONS: [(&str, libc::c_ulong, libc::c_ulong); 16] = [
+    ("ro", libc::MS_RDONLY, 0),
+    ("rw", 0, libc::MS_RDONLY),
+    ("nosuid", libc::MS_NOSUID, 0),
+    ("suid", 0, libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV, 0),
+    ("dev", 0, libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC, 0),
+    ("exec", 0, libc::MS_NOEXEC),
+    ("sync", libc::MS_SYNCHRONOUS, 0),
+    ("dirsync", libc::MS_DIRSYNC, 0),
+    ("noatime", libc::MS_NOATIME, 0),
+    ("nodiratime", libc::MS_NODIRATIME, 0),
+    ("relatime", libc::MS_RELATIME, 0),
+    ("strictatime", libc::MS_STRICTATIME, 0),
+    ("bind", libc::MS_BIND, 0),
+    ("rbind", libc::MS_BIND | libc::MS_REC, 0),
+];
+
+/// Propagation options (each also with an `r` prefix: recursive).
+pub const PROPAGATION_OPTIONS: [(&str, libc::c_ulong); 4] = [
+    ("private", libc::MS_PRIVATE),
+    ("shared", libc::MS_SHARED),
+    ("slave", libc::MS_SLAVE),
+    ("unbindable", libc::MS_UNBINDABLE),
+];
+
+/// (flags, propagation, data): options that are neither flags nor propagation go to the
+/// filesystem as data ("mode=755").
 fn parse_options(options: &[String]) -> (libc::c_ulong, libc::c_ulong, String) {
     let (mut flags, mut propagation, mut data) = (0, 0, Vec::new());
     for o in options {
-        let (set, clear) = match o.as_str() {
-            "ro" => (libc::MS_RDONLY, 0),
-            "rw" => (0, libc::MS_RDONLY),
-            "nosuid" => (libc::MS_NOSUID, 0),
-            "suid" => (0, libc::MS_NOSUID),
-            "nodev" => (libc::MS_NODEV, 0),
-            "dev" => (0, libc::MS_NODEV),
-            "noexec" => (libc::MS_NOEXEC, 0),
-            "exec" => (0, libc::MS_NOEXEC),
-            "sync" => (libc::MS_SYNCHRONOUS, 0),
-            "dirsync" => (libc::MS_DIRSYNC, 0),
-            "noatime" => (libc::MS_NOATIME, 0),
-            "nodiratime" => (libc::MS_NODIRATIME, 0),
-            "relatime" => (libc::MS_RELATIME, 0),
-            "strictatime" => (libc::MS_STRICTATIME, 0),
-            "bind" => (libc::MS_BIND, 0),
-            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
-                propagation |= match o.trim_start_matches('r') {
-                    "private" => libc::MS_PRIVATE,
-                    "shared" => libc::MS_SHARED,
-                    "slave" => libc::MS_SLAVE,
-                    _ => libc::MS_UNBINDABLE,
-                } | if o.starts_with('r') { libc::MS_REC } else { 0 };
-                continue;
-            }
-            "defaults" => continue,
-            _ => {
-                data.push(o.as_str());
-                continue;
-            }
-        };
-        flags = (flags | set) & !clear;
+        if let Some(&(_, set, clear)) = FLAG_OPTIONS.iter().find(|(name, ..)| name == o) {
+            flags = (flags | set) & !clear;
+        } else if let Some(&(_, p)) = PROPAGATION_OPTIONS
+            .iter()
+            .find(|(name, _)| name == o || o.strip_prefix('r') == Some(name))
+        {
+            propagation |= p | if o.starts_with('r') { libc::MS_REC } else { 0 };
+        } else if o != "defaults" {
+            data.push(o.as_str());
+        }
     }
     (flags, propagation, data.join(","))
 }
