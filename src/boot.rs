@@ -1,13 +1,14 @@
 //! `gureum boot`: a VM from flags and an optional Firecracker-schema config file, run until
 //! the guest stops. Shared by `gureum` and the lean `gureum-vmm` executable.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cli::BootArgs;
 use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
 use crate::host_check::KvmKind;
-use crate::{config, host_check, loader, phases, term, vmm};
+use crate::{config, host_check, loader, phases, seccomp, term, vmm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,6 +18,8 @@ pub enum Error {
     Loader(#[from] loader::Error),
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -44,6 +47,30 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     line
+}
+
+/// A file to remove at exit, by name in its directory (open beforehand).
+struct SocketFile {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::CString,
+}
+
+impl SocketFile {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = std::fs::File::open(parent.unwrap_or(std::path::Path::new("."))).ok()?;
+        let name = std::ffi::CString::new(path.file_name()?.as_bytes()).ok()?;
+        Some(Self {
+            dir: dir.into(),
+            name,
+        })
+    }
+
+    fn remove(self) {
+        // SAFETY: unlinkat with a directory fd we own and a NUL-terminated name.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+    }
 }
 
 /// The lean VMM executable installed beside this one (`gureum-vmm`), if there is one.
@@ -110,12 +137,21 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
     }
     let mut phases = phases::Phases::new(start);
     let vmm = vmm::Vmm::try_from(&config)?;
+    // gureum made the vsock socket, and removes it at exit: through its directory, the one
+    // the seccomp filter lets it unlink in.
+    let socket = config.vsock.as_ref().and_then(|v| SocketFile::of(&v.uds));
+    let filter = match args.no_seccomp {
+        true => None,
+        false => {
+            seccomp::handle_sigsys()?;
+            Some(seccomp::filter(socket.as_ref().map(|s| s.dir.as_raw_fd()))?)
+        }
+    };
     let raw_terminal = term::RawTerminal::enable(0);
-    let outcome = vmm.run(timeout, &mut phases);
+    let outcome = vmm.run(timeout, &mut phases, filter);
     drop(raw_terminal);
-    // gureum made the vsock socket; the process exits without running destructors.
-    if let Some(v) = &config.vsock {
-        let _ = std::fs::remove_file(&v.uds);
+    if let Some(s) = socket {
+        s.remove();
     }
     let outcome = outcome?;
     if outcome.exit_code() != 0 {

@@ -304,6 +304,11 @@ pub struct BootArgs {
     /// Boot a Linux kernel even on a PVM host, where its userspace cannot run.
     #[arg(long)]
     pub allow_pvm_linux: bool,
+    /// Run without the VMM's seccomp filter (for debugging). By default, once the VM is built,
+    /// its threads may make only the system calls serving a guest needs; any other stops the
+    /// VMM with one line naming it.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 // Parsed once per process: the size of the larger variant costs nothing.

@@ -12,6 +12,7 @@ pub mod event_loop;
 pub mod host_check;
 pub mod loader;
 pub mod phases;
+pub mod seccomp;
 pub mod term;
 pub mod vcpu;
 pub mod virtio_devices;

@@ -344,3 +344,41 @@ fn bench_boot_reports_every_phase() {
         out.stdout
     );
 }
+
+/// `Seccomp:` of every thread of process `pid` (2: a filter).
+fn seccomp_modes(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_thread_of_the_vmm_is_confined_unless_told_not_to_be() {
+    require_kvm!();
+    let kernel = test_guest().to_str().unwrap();
+    for (extra, want) in [(None, "2"), (Some("--no-seccomp"), "0")] {
+        let mut args = vec!["boot", "--kernel", kernel, "--cmdline", "scenario=hang"];
+        args.extend(extra);
+        args.extend(["--vcpus", "2"]);
+        let mut child = spawn(&args, None);
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("hang: spinning") {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+            assert!(n > 0, "gureum ended before the guest ran:\n{seen}");
+            seen.push_str(&line);
+        }
+        let modes = seccomp_modes(child.id());
+        // The event loop and both vCPUs.
+        assert!(modes.len() >= 3, "{modes:?}");
+        assert!(modes.iter().all(|m| m == want), "{extra:?}: {modes:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

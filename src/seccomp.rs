@@ -1,0 +1,278 @@
+//! The VMM's own seccomp filter, as Firecracker confines its threads: once the VM is built, the
+//! event loop and every vCPU thread may make only the system calls that serving a guest needs.
+//! A guest that took over device code could then do no more than those: no opening of files,
+//! no exec, no executable memory, no sockets but Unix ones (vsock's host side), ioctls of KVM and of terminals/TAPs
+//! only, and unlinking only in the one directory the VMM was told to clean up (vsock's socket).
+//! A call outside the list stops the VMM with one line naming it (exit status 1).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the VMM's seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("cannot compile the VMM's seccomp filter")]
+    Compile(#[source] seccompiler::BackendError),
+    #[error("cannot install the VMM's seccomp filter")]
+    Install(#[source] seccompiler::Error),
+    #[error("cannot install the VMM's SIGSYS handler")]
+    Handler(#[source] std::io::Error),
+}
+
+/// System calls allowed with any arguments.
+const ALLOWED: [libc::c_long; 51] = [
+    // Guest memory, device queues, disks, TAPs, eventfds, the console.
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    // The event loop and its timer.
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_ppoll,
+    libc::SYS_poll,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+    // vsock's Unix sockets (socket itself is AF_UNIX only, below).
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    // Entropy for virtio-rng.
+    libc::SYS_getrandom,
+    // Threads, locks, time, memory allocation, signals, exit.
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    // The vCPU threads, started under the filter.
+    libc::SYS_clone3,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_gettid,
+    // std's stack-overflow guard of a new thread (a SIGSYS the filter raises cannot be
+    // ignored: the kernel resets an ignored one and kills).
+    libc::SYS_rt_sigaction,
+];
+
+/// ioctl types allowed (bits 8..16 of the request): KVM's and terminals'/TAPs' ('T').
+const IOCTL_TYPES: [u64; 2] = [0xae, 0x54];
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Error> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(Error::Build)
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, Error> {
+    SeccompRule::new(conditions).map_err(Error::Build)
+}
+
+/// The filter: `unlink_dir` is the one directory descriptor `unlinkat` may name.
+pub fn filter(unlink_dir: Option<i32>) -> Result<BpfProgram, Error> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&s| (s, Vec::new())).collect();
+    let ioctl = IOCTL_TYPES
+        .iter()
+        .map(|t| rule(vec![condition(1, SeccompCmpOp::MaskedEq(0xff00), t << 8)?]))
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl);
+    // Memory may be mapped and protected, never made executable.
+    let no_exec = u64::try_from(libc::PROT_EXEC).unwrap_or_default();
+    for call in [libc::SYS_mmap, libc::SYS_mprotect] {
+        let rule = rule(vec![condition(2, SeccompCmpOp::MaskedEq(no_exec), 0)?])?;
+        rules.insert(call, vec![rule]);
+    }
+    // Threads name themselves.
+    let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or_default();
+    let prctl = rule(vec![condition(0, SeccompCmpOp::Eq, set_name)?])?;
+    rules.insert(libc::SYS_prctl, vec![prctl]);
+    let unix = u64::from(libc::AF_UNIX.cast_unsigned());
+    let socket = rule(vec![condition(0, SeccompCmpOp::Eq, unix)?])?;
+    rules.insert(libc::SYS_socket, vec![socket]);
+    if let Some(fd) = unlink_dir {
+        let dir = u64::from(fd.cast_unsigned());
+        let unlink = rule(vec![condition(0, SeccompCmpOp::Eq, dir)?])?;
+        rules.insert(libc::SYS_unlinkat, vec![unlink]);
+    }
+    let trap = SeccompAction::Trap;
+    let filter = SeccompFilter::new(rules, trap, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(Error::Build)?;
+    filter.try_into().map_err(Error::Compile)
+}
+
+/// Installs `program` on the calling thread (threads it starts afterwards inherit it).
+pub fn apply(program: &BpfProgram) -> Result<(), Error> {
+    seccompiler::apply_filter(program).map_err(Error::Install)
+}
+
+/// SIGSYS from the filter: one line naming the call, then exit 1. Only async-signal-safe work.
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: for a SIGSYS the kernel fills siginfo's _sigsys member: _call_addr (a pointer)
+    // at byte 16, then the int _syscall at 24.
+    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+    let mut digits = [0u8; 12];
+    let mut at = digits.len();
+    let mut n = nr.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    let parts: [&[u8]; 3] = [
+        b"gureum: the VMM's seccomp filter stopped it at system call ",
+        &digits[at..],
+        b" (--no-seccomp runs without it)\n",
+    ];
+    for part in parts {
+        // SAFETY: write is async-signal-safe; the buffer is live.
+        unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+    }
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(1) };
+}
+
+/// Installs the SIGSYS handler (process-wide), before any filter.
+pub fn handle_sigsys() -> Result<(), Error> {
+    // SAFETY: a zeroed sigaction is valid; the handler is an extern "C" fn of the SA_SIGINFO
+    // shape and stays valid for the life of the process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+            return Err(Error::Handler(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child under the filter; its exit status.
+    fn in_child(unlink_dir: Option<i32>, f: impl FnOnce() -> i32) -> i32 {
+        let program = filter(unlink_dir).unwrap();
+        // SAFETY: the child only installs the filter, runs `f` and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = handle_sigsys()
+                .and_then(|()| apply(&program))
+                .map_or(2, |()| f());
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn what_a_vmm_needs_passes_and_the_rest_stops_it() {
+        // Memory, an eventfd-like pipe write, time: allowed (exit 0).
+        assert_eq!(
+            in_child(None, || {
+                let v = vec![1u8; 1 << 20];
+                i32::from(v[4096] != 1)
+            }),
+            0
+        );
+        // Opening a file: stopped by the SIGSYS handler (exit 1).
+        assert_eq!(
+            in_child(None, || {
+                // SAFETY: a plain open of a constant path.
+                unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+                0
+            }),
+            1
+        );
+        // An inet socket: stopped; a Unix one: allowed.
+        let socket = |family| {
+            // SAFETY: socket(2) with constant arguments.
+            i32::from(unsafe { libc::socket(family, libc::SOCK_STREAM, 0) } < 0)
+        };
+        assert_eq!(in_child(None, || socket(libc::AF_INET)), 1);
+        assert_eq!(in_child(None, || socket(libc::AF_UNIX)), 0);
+        // A KVM ioctl type passes the filter (and fails on stdin: ENOTTY); another stops it.
+        let ioctl = |request: libc::c_ulong| {
+            // SAFETY: an ioctl on stdin with a null argument; the kernel rejects what it
+            // does not know.
+            unsafe { libc::ioctl(0, request, 0) };
+            0
+        };
+        assert_eq!(in_child(None, || ioctl(0xae80)), 0);
+        assert_eq!(in_child(None, || ioctl(0x8912)), 1);
+        // Memory, but not executable memory.
+        let map = |prot| {
+            // SAFETY: an anonymous private mapping of one page, never used.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, MAP, -1, 0) };
+            i32::from(p == libc::MAP_FAILED)
+        };
+        const MAP: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        assert_eq!(
+            in_child(None, || map(libc::PROT_READ | libc::PROT_WRITE)),
+            0
+        );
+        assert_eq!(in_child(None, || map(libc::PROT_READ | libc::PROT_EXEC)), 1);
+        // A thread starts and ends under the filter, as the vCPUs do.
+        assert_eq!(
+            in_child(None, || i32::from(
+                std::thread::spawn(|| 7).join().unwrap() != 7
+            )),
+            0
+        );
+    }
+
+    #[test]
+    fn unlinking_is_allowed_in_the_one_directory_only() {
+        let dir = std::env::temp_dir().join(format!("gureum-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sock"), "").unwrap();
+        let file = std::fs::File::open(&dir).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let unlink = |at: i32| {
+            // SAFETY: unlinkat with a live directory fd (or AT_FDCWD) and a constant name.
+            i32::from(unsafe { libc::unlinkat(at, c"sock".as_ptr(), 0) } != 0)
+        };
+        assert_eq!(in_child(Some(fd), || unlink(libc::AT_FDCWD)), 1);
+        assert!(dir.join("sock").exists());
+        assert_eq!(in_child(Some(fd), || unlink(fd)), 0);
+        assert!(!dir.join("sock").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
