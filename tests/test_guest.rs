@@ -206,15 +206,10 @@ fn timeout_stops_a_hung_guest_with_its_own_exit_code() {
     );
 }
 
-#[test]
-fn sigterm_stops_the_vm() {
-    require_kvm!();
-    let kernel = test_guest().to_str().unwrap();
-    let mut child = spawn(
-        &["boot", "--kernel", kernel, "--cmdline", "scenario=hang"],
-        None,
-    );
-    // Signal only once the guest runs (gureum handles signals from then on), whatever the load.
+/// gureum with `args` (a test guest in scenario=hang), once the guest runs: the child and the
+/// console so far.
+fn spawn_running(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = spawn(args, None);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
     while !seen.contains("hang: spinning") {
@@ -223,6 +218,15 @@ fn sigterm_stops_the_vm() {
         assert!(n > 0, "gureum ended before the guest ran:\n{seen}");
         seen.push_str(&line);
     }
+    (child, seen)
+}
+
+#[test]
+fn sigterm_stops_the_vm() {
+    require_kvm!();
+    let kernel = test_guest().to_str().unwrap();
+    // Signal only once the guest runs (gureum handles signals from then on), whatever the load.
+    let (child, seen) = spawn_running(&["boot", "--kernel", kernel, "--cmdline", "scenario=hang"]);
     // SAFETY: sends a signal to our own child process.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let out = finish(child, Duration::from_secs(10));
@@ -365,15 +369,7 @@ fn every_thread_of_the_vmm_is_confined_unless_told_not_to_be() {
         let mut args = vec!["boot", "--kernel", kernel, "--cmdline", "scenario=hang"];
         args.extend(extra);
         args.extend(["--vcpus", "2"]);
-        let mut child = spawn(&args, None);
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut seen = String::new();
-        while !seen.contains("hang: spinning") {
-            let mut line = String::new();
-            let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-            assert!(n > 0, "gureum ended before the guest ran:\n{seen}");
-            seen.push_str(&line);
-        }
+        let (mut child, _) = spawn_running(&args);
         let modes = seccomp_modes(child.id());
         // The event loop and both vCPUs.
         assert!(modes.len() >= 3, "{modes:?}");
