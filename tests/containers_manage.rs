@@ -296,3 +296,41 @@ fn features_prints_the_runtime_spec_document() {
     assert!(!actions.contains(&"SCMP_ACT_NOTIFY".into()));
     assert_eq!(f["linux"]["apparmor"]["enabled"], false);
 }
+
+#[test]
+fn linux_cgroups_path_places_the_container_there() {
+    // As containerd's shim sets it: /<namespace>/<id>, relative to each hierarchy's root.
+    for cgroup2 in common::bundle::cgroup_layouts() {
+        let process = serde_json::json!({"args": ["cat", "/proc/self/cgroup"]});
+        let b = Bundle::new("cgroups-path", process.clone()).in_cgroup2(cgroup2, process.clone());
+        let name = id("cgroups-path");
+        let parent = format!("gureum-test-ns-{}", std::process::id());
+        b.config(process.clone(), |c| {
+            c["linux"]["cgroupsPath"] = format!("/{parent}/{name}").into();
+        });
+        let out = b.run(&name);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let want = format!("/{parent}/{name}");
+        let ours = out
+            .stdout
+            .lines()
+            .filter(|l| l.ends_with(&format!(":{want}")));
+        assert!(ours.count() > 0, "{}", out.describe());
+        b.assert_gone(&name);
+        // Only the container's own cgroup is removed; the namespace's stays, as with runc.
+        let roots = ["memory", "pids", "cpu", "devices", "freezer", "unified", ""];
+        for r in roots.map(|r| Path::new("/sys/fs/cgroup").join(r)) {
+            assert!(!r.join(&parent).join(&name).exists());
+            let _ = std::fs::remove_dir(r.join(&parent));
+        }
+        // A systemd slice path is refused in one line, leaving nothing.
+        b.config(process, |c| {
+            c["linux"]["cgroupsPath"] = "system.slice:gureum:x".into();
+        });
+        let out = b.run(&name);
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+        assert!(out.stderr.contains("systemd"), "{}", out.describe());
+        b.assert_gone(&name);
+    }
+}

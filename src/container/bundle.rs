@@ -21,6 +21,13 @@ pub enum Error {
     Process(gureum_agent::oci::Error),
     #[error("the rootfs {0} does not exist or is not a directory")]
     NoRootfs(PathBuf),
+    #[error(
+        "linux.cgroupsPath {0:?} is a systemd slice path; gureum manages cgroupfs paths (e.g. \
+         /mygroup/ID) and has no --systemd-cgroup"
+    )]
+    SystemdCgroupsPath(PathBuf),
+    #[error("linux.cgroupsPath {0:?} must not contain '..'")]
+    BadCgroupsPath(PathBuf),
     #[error("annotation gureum.isolation must be vm or native, not {0:?}")]
     BadIsolation(String),
     #[error(
@@ -96,7 +103,29 @@ pub struct Bundle {
     pub process: Process,
     pub resources: Resources,
     pub annotations: HashMap<String, String>,
+    /// `linux.cgroupsPath`, relative to each hierarchy's root (runc's cgroupfs driver); None
+    /// for gureum's default, `gureum/ID`.
+    pub cgroups_path: Option<PathBuf>,
     pub spec: Spec,
+}
+
+/// `linux.cgroupsPath` checked: cgroupfs style, without `..`; "" or "/" is none.
+fn cgroups_path(spec: &Spec) -> Result<Option<PathBuf>, Error> {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return Ok(None);
+    };
+    if path.to_string_lossy().contains(':') {
+        return Err(Error::SystemdCgroupsPath(path));
+    }
+    let mut rel = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(part) => rel.push(part),
+            std::path::Component::ParentDir => return Err(Error::BadCgroupsPath(path)),
+            _ => {}
+        }
+    }
+    Ok((!rel.as_os_str().is_empty()).then_some(rel))
 }
 
 impl Bundle {
@@ -144,6 +173,7 @@ impl Bundle {
         Ok(Self {
             resources: resources(&spec),
             annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroups_path: cgroups_path(&spec)?,
             process,
             rootfs,
             dir,
@@ -341,5 +371,24 @@ mod tests {
         }
         let dir = tempdir::Dir::new();
         assert!(matches!(Bundle::load(&dir.0), Err(Error::NoConfig(_))));
+    }
+
+    #[test]
+    fn cgroups_path_is_cgroupfs_style_without_dot_dot() {
+        let config = |path: &str| {
+            GOOD.replacen(
+                r#""linux":{"#,
+                &format!(r#""linux":{{"cgroupsPath":"{path}","#),
+                1,
+            )
+        };
+        let (_d, b) = bundle(&config("/k8s/pod1/c1"));
+        assert_eq!(b.unwrap().cgroups_path, Some(PathBuf::from("k8s/pod1/c1")));
+        let (_d, b) = bundle(&config("/"));
+        assert_eq!(b.unwrap().cgroups_path, None);
+        let (_d, b) = bundle(&config("system.slice:cri:c1"));
+        assert!(b.unwrap_err().to_string().contains("systemd"));
+        let (_d, b) = bundle(&config("/a/../../etc"));
+        assert!(b.unwrap_err().to_string().contains(".."));
     }
 }

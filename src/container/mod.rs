@@ -106,13 +106,14 @@ pub struct CreateOptions {
 struct Undo<'a> {
     store: &'a Store,
     id: &'a str,
+    cgroup: Cgroup,
     armed: bool,
 }
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if self.armed {
-            Cgroup::of(self.id).remove();
+            self.cgroup.remove();
             let _ = self.store.remove(self.id);
         }
     }
@@ -167,9 +168,11 @@ fn create_with(
     }
     let store = Store::new(&g.root);
     let dir = store.reserve(id)?;
+    let cgroup = Cgroup::of(id, bundle.cgroups_path.as_deref());
     let mut undo = Undo {
         store: &store,
         id,
+        cgroup: cgroup.clone(),
         armed: true,
     };
     let mut record = Record {
@@ -182,17 +185,17 @@ fn create_with(
         annotations: bundle.annotations.clone(),
         process: bundle.process.clone(),
         hooks: bundle.spec.hooks().clone(),
-        cgroup: Some(Cgroup::of(id)),
+        cgroup: Some(cgroup.clone()),
     };
     store.save(&record)?;
     native::make_fifo(bundle, &dir)?;
     let (pid, master) = match isolation {
         Isolation::Native => {
-            let cgroup = Cgroup::create(id, &bundle.resources)?;
+            cgroup.create(&bundle.resources)?;
             native::create(bundle, &record, &dir, &cgroup, bundle.process.terminal)?
         }
         Isolation::Vm => {
-            let cgroup = Cgroup::create(id, &bundle.resources.for_vmm())?;
+            cgroup.create(&bundle.resources.for_vmm())?;
             let (pid, master) = vm::create(bundle, &dir, &cgroup)?;
             runtime_hooks(&record, pid)?;
             (pid, master)

@@ -74,7 +74,7 @@ impl Record {
     pub fn cgroup(&self) -> super::cgroup::Cgroup {
         self.cgroup
             .clone()
-            .unwrap_or_else(|| super::cgroup::Cgroup::of(&self.id))
+            .unwrap_or_else(|| super::cgroup::Cgroup::of(&self.id, None))
     }
 }
 

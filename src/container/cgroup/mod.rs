@@ -38,11 +38,16 @@ const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
 /// The controllers a v2 container's limits use, enabled for it where the host has them.
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
-/// The container's cgroup directories (one on v2, one per controller on v1). Kept in the
+/// The container's cgroup: one directory on v2, one per controller on v1. Kept in the
 /// container's state, so every later command finds the cgroup `create` made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cgroup {
-    dirs: Vec<PathBuf>,
+    /// v2: the cgroup2 mount; v1: the directory holding one hierarchy per controller.
+    root: PathBuf,
+    /// v1: the controllers mounted there (of memory, cpu, pids, devices, freezer).
+    controllers: Vec<String>,
+    /// The container's cgroup, relative to each hierarchy's root.
+    rel: PathBuf,
     v2: bool,
 }
 
@@ -90,47 +95,66 @@ fn v2_root() -> Option<PathBuf> {
 }
 
 impl Cgroup {
-    /// The cgroup of container `id`, whether or not it exists yet.
-    pub fn of(id: &str) -> Self {
+    /// The cgroup of container `id`, whether or not it exists yet: `path` (config.json's
+    /// cgroupsPath, relative to each hierarchy's root) or `gureum/<id>`.
+    pub fn of(id: &str, path: Option<&Path>) -> Self {
+        let rel = path.map_or_else(|| Path::new("gureum").join(id), Path::to_path_buf);
         if let Some(root) = v2_root() {
-            let dirs = vec![root.join("gureum").join(id)];
-            return Self { dirs, v2: true };
+            let controllers = Vec::new();
+            return Self {
+                root,
+                controllers,
+                rel,
+                v2: true,
+            };
         }
-        let dirs = CONTROLLERS
+        let controllers = CONTROLLERS
             .iter()
-            .map(|c| Path::new(MOUNT).join(c))
-            .filter(|c| c.is_dir())
-            .map(|c| c.join("gureum").join(id))
+            .filter(|c| Path::new(MOUNT).join(c).is_dir())
+            .map(|c| c.to_string())
             .collect();
-        Self { dirs, v2: false }
+        Self {
+            root: MOUNT.into(),
+            controllers,
+            rel,
+            v2: false,
+        }
+    }
+
+    /// Its directories: one on v2, one per mounted controller on v1.
+    fn dirs(&self) -> Vec<PathBuf> {
+        match self.v2 {
+            true => vec![self.root.join(&self.rel)],
+            false => (self.controllers.iter())
+                .map(|c| self.root.join(c).join(&self.rel))
+                .collect(),
+        }
     }
 
     /// Makes the directories and writes the limits.
-    pub fn create(id: &str, r: &Resources) -> Result<Self, Error> {
-        let cg = Self::of(id);
+    pub fn create(&self, r: &Resources) -> Result<(), Error> {
+        let cg = self;
         if cg.v2 {
             cg.enable_controllers()?;
         }
-        for dir in &cg.dirs {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.clone(), e))?;
+        for dir in cg.dirs() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Io(dir, e))?;
         }
         if let Err(e) = cg.limit(r) {
             cg.remove();
             return Err(e);
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// v2: the memory, cpu and pids controllers the host has, enabled in the subtree_control
-    /// of the root and of `gureum/` (a cgroup sees only what its parent enables). One write
-    /// each: a write naming one controller the parent lacks would fail whole.
+    /// of the root and of every cgroup above the container's (a cgroup sees only what its
+    /// parent enables). One write each: a write naming one the parent lacks would fail whole.
     fn enable_controllers(&self) -> Result<(), Error> {
-        let Some(gureum) = self.dirs.first().and_then(|d| d.parent()) else {
-            return Ok(());
-        };
-        let root = gureum.parent().unwrap_or(gureum);
-        std::fs::create_dir_all(gureum).map_err(|e| Error::Io(gureum.to_path_buf(), e))?;
-        for dir in [root, gureum] {
+        let parent = self.root.join(self.rel.parent().unwrap_or(Path::new("")));
+        std::fs::create_dir_all(&parent).map_err(|e| Error::Io(parent.clone(), e))?;
+        let above = self.rel.ancestors().skip(1).collect::<Vec<_>>();
+        for dir in above.iter().rev().map(|a| self.root.join(a)) {
             let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
                 .map_err(|e| Error::Io(dir.join("cgroup.controllers"), e))?;
             let enabled =
@@ -146,15 +170,11 @@ impl Cgroup {
     }
 
     fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
-        let dir = if self.v2 {
-            self.dirs.first()
-        } else {
-            self.dirs.iter().find(|d| {
-                d.parent().and_then(Path::parent).and_then(Path::file_name)
-                    == Some(controller.as_ref())
-            })
-        }?;
-        Some(dir.join(name))
+        match self.v2 {
+            true => Some(self.root.join(&self.rel).join(name)),
+            false => (self.controllers.iter().any(|c| c == controller))
+                .then(|| self.root.join(controller).join(&self.rel).join(name)),
+        }
     }
 
     /// The limits of a new cgroup: what `r` sets (a zero or negative limit is none).
@@ -205,10 +225,7 @@ impl Cgroup {
             return Ok(());
         }
         if self.v2 {
-            return self
-                .dirs
-                .iter()
-                .try_for_each(|d| devices::attach(d, &rules));
+            return devices::attach(&self.root.join(&self.rel), &rules);
         }
         rules.iter().try_for_each(|d| {
             let file = if d.allow {
@@ -227,11 +244,10 @@ impl Cgroup {
             return Ok(());
         };
         if self.v2 && !path.exists() {
-            let root = self.dirs[0].ancestors().nth(2).unwrap_or(Path::new(MOUNT));
-            let available = std::fs::read_to_string(root.join("cgroup.controllers"));
+            let available = std::fs::read_to_string(self.root.join("cgroup.controllers"));
             return Err(Error::NoController {
                 controller,
-                root: root.to_path_buf(),
+                root: self.root.clone(),
                 available: available.unwrap_or_default().trim().to_string(),
             });
         }
@@ -277,8 +293,8 @@ impl Cgroup {
     /// `join_self`s. Only for a single-threaded caller, as fork.
     pub fn fork_into(&self, flags: libc::c_int) -> std::io::Result<(i32, bool)> {
         let flags = u64::from((flags | libc::SIGCHLD).cast_unsigned());
-        if let Some(dir) = self.dirs.first().filter(|_| self.v2) {
-            let fd = open_path(dir)?;
+        if self.v2 {
+            let fd = open_path(&self.root.join(&self.rel))?;
             let args = CloneArgs {
                 flags: (flags & !0xff) | CLONE_INTO_CGROUP,
                 exit_signal: flags & 0xff,
@@ -323,14 +339,14 @@ impl Cgroup {
     /// cgroup has only `cgroup.procs` (and `fork_into` makes its children born inside).
     pub fn join_self(&self) -> Result<(), Error> {
         let file = if self.v2 { "cgroup.procs" } else { "tasks" };
-        self.dirs.iter().try_for_each(|d| write(&d.join(file), "0"))
+        self.dirs()
+            .iter()
+            .try_for_each(|d| write(&d.join(file), "0"))
     }
 
     /// The pids still in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = self
-            .dirs
-            .iter()
+        let mut pids: Vec<i32> = (self.dirs().iter())
             .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
             .flat_map(|s| s.lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
             .collect();
@@ -349,9 +365,9 @@ impl Cgroup {
 
     /// Removes the directories, waiting up to a second for exiting processes to leave them.
     pub fn remove(&self) {
-        for dir in &self.dirs {
+        for dir in self.dirs() {
             for _ in 0..100 {
-                match std::fs::remove_dir(dir) {
+                match std::fs::remove_dir(&dir) {
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }

@@ -28,7 +28,9 @@ impl Tree {
             }
         }
         Cgroup {
-            dirs: vec![dir],
+            root: self.0.clone(),
+            controllers: Vec::new(),
+            rel: "gureum/c1".into(),
             v2: true,
         }
     }
@@ -38,7 +40,9 @@ impl Tree {
         dirs.iter()
             .for_each(|d| std::fs::create_dir_all(d).unwrap());
         Cgroup {
-            dirs: dirs.to_vec(),
+            root: self.0.clone(),
+            controllers: CONTROLLERS.map(String::from).to_vec(),
+            rel: "gureum/c1".into(),
             v2: false,
         }
     }
@@ -144,4 +148,22 @@ fn v2_enables_the_controllers_the_host_has_one_at_a_time() {
     // Plain files keep the last write: the root got +cpu then +pids; gureum/ only +cpu.
     assert_eq!(t.read("cgroup.subtree_control"), "+pids");
     assert_eq!(t.read("gureum/cgroup.subtree_control"), "+cpu");
+}
+
+#[test]
+fn v2_enables_the_controllers_all_the_way_down_a_cgroups_path() {
+    let t = Tree::new("v2-path");
+    let mut cg = t.v2(&["cpu", "pids"]);
+    cg.rel = "kubepods/pod1/c1".into();
+    for dir in ["kubepods", "kubepods/pod1"] {
+        std::fs::create_dir_all(t.0.join(dir)).unwrap();
+        std::fs::write(t.0.join(dir).join("cgroup.controllers"), "cpu pids").unwrap();
+    }
+    cg.enable_controllers().unwrap();
+    for dir in [".", "kubepods", "kubepods/pod1"] {
+        let control = format!("{dir}/cgroup.subtree_control");
+        assert_eq!(t.read(&control), "+pids", "{dir}");
+    }
+    assert!(!t.0.join("kubepods/pod1/c1/cgroup.subtree_control").exists());
+    assert_eq!(cg.dirs(), vec![t.0.join("kubepods/pod1/c1")]);
 }
