@@ -25,6 +25,8 @@ pub enum Error {
         root: PathBuf,
         available: String,
     },
+    #[error("{0} is not a cgroup2 mount (it has no cgroup.controllers); check GUREUM_CGROUP2")]
+    NotCgroup2(PathBuf),
     #[error("linux.resources.devices: bad {0}")]
     DeviceRule(String),
     #[error("cgroup v2: {0}")]
@@ -151,6 +153,9 @@ impl Cgroup {
     /// of the root and of every cgroup above the container's (a cgroup sees only what its
     /// parent enables). One write each: a write naming one the parent lacks would fail whole.
     fn enable_controllers(&self) -> Result<(), Error> {
+        if !self.root.join("cgroup.controllers").is_file() {
+            return Err(Error::NotCgroup2(self.root.clone()));
+        }
         let parent = self.root.join(self.rel.parent().unwrap_or(Path::new("")));
         std::fs::create_dir_all(&parent).map_err(|e| Error::Io(parent.clone(), e))?;
         let above = self.rel.ancestors().skip(1).collect::<Vec<_>>();

@@ -167,3 +167,18 @@ fn v2_enables_the_controllers_all_the_way_down_a_cgroups_path() {
     assert!(!t.0.join("kubepods/pod1/c1/cgroup.subtree_control").exists());
     assert_eq!(cg.dirs(), vec![t.0.join("kubepods/pod1/c1")]);
 }
+
+#[test]
+fn a_v2_root_that_is_no_cgroup2_mount_is_refused_before_anything_is_made() {
+    let t = Tree::new("not-cg2");
+    let cg = Cgroup {
+        root: t.0.join("plain"),
+        controllers: Vec::new(),
+        rel: "gureum/c1".into(),
+        v2: true,
+    };
+    std::fs::create_dir_all(&cg.root).unwrap();
+    let err = cg.create(&Resources::default()).unwrap_err().to_string();
+    assert!(err.contains("not a cgroup2 mount"), "{err}");
+    assert!(!cg.root.join("gureum").exists());
+}
