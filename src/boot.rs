@@ -20,6 +20,8 @@ pub enum Error {
     Vmm(#[from] vmm::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
+    #[error("cannot open the directory of the vsock socket {0}")]
+    SocketDir(PathBuf, #[source] std::io::Error),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -52,17 +54,27 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// A file to remove at exit, by name in its directory (open beforehand).
 struct SocketFile {
     dir: std::os::fd::OwnedFd,
+    dir_path: PathBuf,
     name: std::ffi::CString,
 }
 
 impl SocketFile {
-    fn of(path: &std::path::Path) -> Option<Self> {
+    fn of(path: &std::path::Path) -> Result<Self, Error> {
         use std::os::unix::ffi::OsStrExt;
+        let fail = |e| Error::SocketDir(path.to_path_buf(), e);
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let dir = std::fs::File::open(parent.unwrap_or(std::path::Path::new("."))).ok()?;
-        let name = std::ffi::CString::new(path.file_name()?.as_bytes()).ok()?;
-        Some(Self {
+        let dir_path =
+            std::path::absolute(parent.unwrap_or(std::path::Path::new("."))).map_err(fail)?;
+        let dir = std::fs::File::open(&dir_path).map_err(fail)?;
+        let name = path
+            .file_name()
+            .map(|n| std::ffi::CString::new(n.as_bytes()));
+        let Some(Ok(name)) = name else {
+            return Err(fail(std::io::ErrorKind::InvalidInput.into()));
+        };
+        Ok(Self {
             dir: dir.into(),
+            dir_path,
             name,
         })
     }
@@ -139,16 +151,22 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
     let vmm = vmm::Vmm::try_from(&config)?;
     // gureum made the vsock socket, and removes it at exit: through its directory, the one
     // the seccomp filter lets it unlink in.
-    let socket = config.vsock.as_ref().and_then(|v| SocketFile::of(&v.uds));
-    let filter = match args.no_seccomp {
+    let socket = config
+        .vsock
+        .as_ref()
+        .map(|v| SocketFile::of(&v.uds))
+        .transpose()?;
+    let confinement = match args.no_seccomp {
         true => None,
         false => {
             seccomp::handle_sigsys()?;
-            Some(seccomp::filter(socket.as_ref().map(|s| s.dir.as_raw_fd()))?)
+            let filter = seccomp::filter(socket.as_ref().map(|s| s.dir.as_raw_fd()))?;
+            let jail = socket.as_ref().map(|s| s.dir_path.clone());
+            Some(seccomp::Confinement { filter, jail })
         }
     };
     let raw_terminal = term::RawTerminal::enable(0);
-    let outcome = vmm.run(timeout, &mut phases, filter);
+    let outcome = vmm.run(timeout, &mut phases, confinement);
     drop(raw_terminal);
     if let Some(s) = socket {
         s.remove();

@@ -1,9 +1,10 @@
-//! The VMM's own seccomp filter, as Firecracker confines its threads: once the VM is built, the
-//! event loop and every vCPU thread may make only the system calls that serving a guest needs.
-//! A guest that took over device code could then do no more than those: no opening of files,
-//! no exec, no executable memory, no sockets but Unix ones (vsock's host side), ioctls of KVM and of terminals/TAPs
-//! only, and unlinking only in the one directory the VMM was told to clean up (vsock's socket).
-//! A call outside the list stops the VMM with one line naming it (exit status 1).
+//! The VMM's own confinement, as Firecracker's: once the VM is built, the event loop and every
+//! vCPU thread may make only the system calls that serving a guest needs. A guest that took
+//! over device code could then do no more than those: no opening of files, no exec, no
+//! executable memory, ioctls of KVM and of terminals/TAPs only. Unix sockets only with vsock,
+//! and then the VMM's root is the vsock socket's directory (chroot), so a connection can reach
+//! only the listeners beside it; unlinking is allowed in that directory alone. A call outside
+//! the list stops the VMM with one line naming it (exit status 1).
 
 use std::collections::BTreeMap;
 
@@ -20,12 +21,14 @@ pub enum Error {
     Compile(#[source] seccompiler::BackendError),
     #[error("cannot install the VMM's seccomp filter")]
     Install(#[source] seccompiler::Error),
+    #[error("cannot make {0} the VMM's root")]
+    Chroot(std::path::PathBuf, #[source] std::io::Error),
     #[error("cannot install the VMM's SIGSYS handler")]
     Handler(#[source] std::io::Error),
 }
 
 /// System calls allowed with any arguments.
-const ALLOWED: [libc::c_long; 51] = [
+const ALLOWED: [libc::c_long; 49] = [
     // Guest memory, device queues, disks, TAPs, eventfds, the console.
     libc::SYS_read,
     libc::SYS_write,
@@ -51,9 +54,7 @@ const ALLOWED: [libc::c_long; 51] = [
     libc::SYS_poll,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
-    // vsock's Unix sockets (socket itself is AF_UNIX only, below).
-    libc::SYS_accept4,
-    libc::SYS_connect,
+    // Stream sockets (vsock's; socket, connect and accept only with vsock, below).
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_recvmsg,
@@ -98,8 +99,9 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, Error> {
     SeccompRule::new(conditions).map_err(Error::Build)
 }
 
-/// The filter: `unlink_dir` is the one directory descriptor `unlinkat` may name.
-pub fn filter(unlink_dir: Option<i32>) -> Result<BpfProgram, Error> {
+/// The filter. `vsock_dir`, with vsock: the descriptor of its socket's directory, the one
+/// `unlinkat` may name; Unix sockets may then be made, connected and accepted.
+pub fn filter(vsock_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&s| (s, Vec::new())).collect();
     let ioctl = IOCTL_TYPES
@@ -117,10 +119,12 @@ pub fn filter(unlink_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or_default();
     let prctl = rule(vec![condition(0, SeccompCmpOp::Eq, set_name)?])?;
     rules.insert(libc::SYS_prctl, vec![prctl]);
-    let unix = u64::from(libc::AF_UNIX.cast_unsigned());
-    let socket = rule(vec![condition(0, SeccompCmpOp::Eq, unix)?])?;
-    rules.insert(libc::SYS_socket, vec![socket]);
-    if let Some(fd) = unlink_dir {
+    if let Some(fd) = vsock_dir {
+        let unix = u64::from(libc::AF_UNIX.cast_unsigned());
+        let socket = rule(vec![condition(0, SeccompCmpOp::Eq, unix)?])?;
+        rules.insert(libc::SYS_socket, vec![socket]);
+        rules.insert(libc::SYS_connect, Vec::new());
+        rules.insert(libc::SYS_accept4, Vec::new());
         let dir = u64::from(fd.cast_unsigned());
         let unlink = rule(vec![condition(0, SeccompCmpOp::Eq, dir)?])?;
         rules.insert(libc::SYS_unlinkat, vec![unlink]);
@@ -129,6 +133,29 @@ pub fn filter(unlink_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let filter = SeccompFilter::new(rules, trap, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(Error::Build)?;
     filter.try_into().map_err(Error::Compile)
+}
+
+/// What confines the VMM once its VM is built.
+pub struct Confinement {
+    pub filter: BpfProgram,
+    /// With vsock: its socket's directory, made the VMM's root (chroot), so that the guest's
+    /// connections to the host reach only the `PATH_<port>` listeners beside the socket.
+    pub jail: Option<std::path::PathBuf>,
+}
+
+/// Makes `dir` this process's root and working directory.
+pub fn chroot(dir: &std::path::Path) -> Result<(), Error> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Chroot(dir.to_path_buf(), std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: chroot and chdir with NUL-terminated paths that outlive the calls.
+    let failed = unsafe { libc::chroot(c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 };
+    match failed {
+        true => Err(Error::Chroot(
+            dir.to_path_buf(),
+            std::io::Error::last_os_error(),
+        )),
+        false => Ok(()),
+    }
 }
 
 /// Installs `program` on the calling thread (threads it starts afterwards inherit it).
@@ -227,7 +254,14 @@ mod tests {
             i32::from(unsafe { libc::socket(family, libc::SOCK_STREAM, 0) } < 0)
         };
         assert_eq!(in_child(None, || socket(libc::AF_INET)), 1);
-        assert_eq!(in_child(None, || socket(libc::AF_UNIX)), 0);
+        assert_eq!(
+            in_child(None, || socket(libc::AF_UNIX)),
+            1,
+            "no vsock, no sockets"
+        );
+        let stdin = Some(0);
+        assert_eq!(in_child(stdin, || socket(libc::AF_INET)), 1);
+        assert_eq!(in_child(stdin, || socket(libc::AF_UNIX)), 0, "vsock's");
         // A KVM ioctl type passes the filter (and fails on stdin: ENOTTY); another stops it.
         let ioctl = |request: libc::c_ulong| {
             // SAFETY: an ioctl on stdin with a null argument; the kernel rejects what it

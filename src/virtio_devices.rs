@@ -41,6 +41,8 @@ pub enum Error {
 pub struct Attached {
     pub handlers: Vec<VirtioHandler>,
     pub cmdline: String,
+    /// The vsock device, to confine its host connections with the VMM.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 pub fn attach(
@@ -69,9 +71,13 @@ pub fn attach(
         let mac = net.mac.unwrap_or_else(|| made_up_mac(n));
         devices.push(Arc::new(Mutex::new(Net::new(tap, mac))));
     }
+    let mut vsock = None;
     if let Some(v) = &cfg.vsock {
-        let vsock = Vsock::new(v.cid.into(), &v.uds).map_err(|e| Error::Vsock(v.uds.clone(), e))?;
-        devices.push(Arc::new(Mutex::new(vsock)));
+        let device =
+            Vsock::new(v.cid.into(), &v.uds).map_err(|e| Error::Vsock(v.uds.clone(), e))?;
+        let device = Arc::new(Mutex::new(device));
+        vsock = Some(device.clone());
+        devices.push(device);
     }
     if cfg.rng {
         devices.push(Arc::new(Mutex::new(Rng::new().map_err(Error::OpenRng)?)));
@@ -97,7 +103,11 @@ pub fn attach(
         handlers.push(VirtioHandler::new(device, interrupt, queue_evts));
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
-    Ok(Attached { handlers, cmdline })
+    Ok(Attached {
+        handlers,
+        cmdline,
+        vsock,
+    })
 }
 
 /// A locally administered, unicast MAC: 02:47:52 ("GR"), then the process id and the interface.

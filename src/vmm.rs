@@ -78,6 +78,7 @@ pub struct Vmm {
     exit: Arc<ExitSlot>,
     boot_timer: BootTimer,
     virtio: Vec<VirtioHandler>,
+    vsock: Option<Arc<Mutex<gureum_devices::virtio::vsock::Vsock>>>,
 }
 
 struct LegacyDevices {
@@ -142,6 +143,7 @@ impl TryFrom<&VmConfig> for Vmm {
             exit,
             boot_timer: legacy.boot_timer,
             virtio: virtio.handlers,
+            vsock: virtio.vsock,
         })
     }
 }
@@ -262,12 +264,12 @@ fn attach_legacy_devices(vm: &VmFd, pio: &mut Bus) -> Result<LegacyDevices, Erro
 
 impl Vmm {
     /// Start the vCPUs and serve events until the guest stops, crashes, times out or a signal
-    /// arrives. With a `filter`, every thread is confined by it before the guest runs.
+    /// arrives. With a `confinement`, every thread is confined before the guest runs.
     pub fn run(
         self,
         timeout: Option<Duration>,
         phases: &mut Phases,
-        filter: Option<seccompiler::BpfProgram>,
+        confinement: Option<crate::seccomp::Confinement>,
     ) -> Result<Outcome, Error> {
         let signals = block_exit_signals().map_err(Error::EventFd)?;
         let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
@@ -288,8 +290,14 @@ impl Vmm {
         let first_entry = Arc::new(OnceLock::new());
         // Installed once, here: the vCPU threads inherit it (one compile by the kernel, where
         // one per thread cost ~0.3 ms each, serialized, before the first guest entry).
-        if let Some(filter) = &filter {
-            crate::seccomp::apply(filter)?;
+        if let Some(c) = &confinement {
+            if let Some(dir) = &c.jail {
+                crate::seccomp::chroot(dir)?;
+                if let Some(vsock) = &self.vsock {
+                    lock(vsock).jail();
+                }
+            }
+            crate::seccomp::apply(&c.filter)?;
         }
         for vcpu in self.vcpus {
             vcpu.start(first_entry.clone())?;

@@ -365,16 +365,27 @@ fn seccomp_modes(pid: u32) -> Vec<String> {
 fn every_thread_of_the_vmm_is_confined_unless_told_not_to_be() {
     require_kvm!();
     let kernel = test_guest().to_str().unwrap();
-    for (extra, want) in [(None, "2"), (Some("--no-seccomp"), "0")] {
+    let dir = common::scratch("confined");
+    let vsock = format!("cid=3,uds={}", dir.join("v.sock").display());
+    for (extra, want, root) in [
+        (None, "2", dir.clone()),
+        (Some("--no-seccomp"), "0", "/".into()),
+    ] {
         let mut args = vec!["boot", "--kernel", kernel, "--cmdline", "scenario=hang"];
         args.extend(extra);
-        args.extend(["--vcpus", "2"]);
+        args.extend(["--vcpus", "2", "--vsock", &vsock]);
         let (mut child, _) = spawn_running(&args);
         let modes = seccomp_modes(child.id());
         // The event loop and both vCPUs.
         assert!(modes.len() >= 3, "{modes:?}");
         assert!(modes.iter().all(|m| m == want), "{extra:?}: {modes:?}");
+        // With vsock, the VMM's root is its socket's directory: a connection from it reaches
+        // only the listeners there.
+        let seen = std::fs::read_link(format!("/proc/{}/root", child.id())).unwrap();
+        assert_eq!(seen, root, "{extra:?}");
         child.kill().unwrap();
         child.wait().unwrap();
+        let _ = std::fs::remove_file(dir.join("v.sock"));
     }
+    std::fs::remove_dir_all(dir).unwrap();
 }

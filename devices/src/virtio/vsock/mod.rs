@@ -89,6 +89,11 @@ impl Vsock {
         })
     }
 
+    /// Guest connections to the host go to `/NAME_<port>` from now on (see `Muxer::jail`).
+    pub fn jail(&mut self) {
+        self.muxer.jail();
+    }
+
     fn rx(&mut self) -> bool {
         let Some((mem, rx, _)) = &mut self.active else {
             return false;

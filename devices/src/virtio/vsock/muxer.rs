@@ -114,6 +114,14 @@ pub struct Muxer {
 }
 
 impl Muxer {
+    /// From now on, reach host listeners (`PATH_<port>`) by the socket's file name from the
+    /// root: for a VMM that has made the socket's directory its root (chroot).
+    pub fn jail(&mut self) {
+        if let Some(name) = self.path.file_name() {
+            self.path = Path::new("/").join(name);
+        }
+    }
+
     /// Listen at `path` for host connections to guest `guest_cid`.
     pub fn new(guest_cid: u64, path: &Path) -> io::Result<Self> {
         let listener = UnixListener::bind(path)?;
