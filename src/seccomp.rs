@@ -1,7 +1,7 @@
 //! The VMM's own confinement, as Firecracker's: once the VM is built, the event loop and every
 //! vCPU thread may make only the system calls that serving a guest needs. A guest that took
 //! over device code could then do no more than those: no opening of files, no exec, no
-//! executable memory, ioctls of KVM and of terminals/TAPs only. Unix sockets only with vsock,
+//! executable memory, KVM's ioctls and four others by number. Unix sockets only with vsock,
 //! and then the VMM's root is the vsock socket's directory (chroot), so a connection can reach
 //! only the listeners beside it; unlinking is allowed in that directory alone. A call outside
 //! the list stops the VMM with one line naming it (exit status 1).
@@ -88,8 +88,13 @@ const ALLOWED: [libc::c_long; 49] = [
     libc::SYS_rt_sigaction,
 ];
 
-/// ioctl types allowed (bits 8..16 of the request): KVM's and terminals'/TAPs' ('T').
-const IOCTL_TYPES: [u64; 2] = [0xae, 0x54];
+/// KVM's ioctl type (bits 8..16 of the request): all of KVM's requests are allowed.
+const KVMIO: u64 = 0xae;
+
+/// The other ioctls serving a guest makes, each by its number: reading and restoring the
+/// terminal's mode (TCGETS, TCSETS), non-blocking sockets (FIONBIO) and the TAP offloads the
+/// guest negotiates (TUNSETOFFLOAD). Not TIOCSTI, which would type into the user's terminal.
+const IOCTLS: [u64; 4] = [0x5401, 0x5402, 0x5421, 0x4004_54d0];
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Error> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(Error::Build)
@@ -104,9 +109,17 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, Error> {
 pub fn filter(vsock_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&s| (s, Vec::new())).collect();
-    let ioctl = IOCTL_TYPES
-        .iter()
-        .map(|t| rule(vec![condition(1, SeccompCmpOp::MaskedEq(0xff00), t << 8)?]))
+    let kvm = rule(vec![condition(
+        1,
+        SeccompCmpOp::MaskedEq(0xff00),
+        KVMIO << 8,
+    )?]);
+    let ioctl = std::iter::once(kvm)
+        .chain(
+            IOCTLS
+                .iter()
+                .map(|&r| rule(vec![condition(1, SeccompCmpOp::Eq, r)?])),
+        )
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl);
     // Memory may be mapped and protected, never made executable.
@@ -270,7 +283,9 @@ mod tests {
             0
         };
         assert_eq!(in_child(None, || ioctl(0xae80)), 0);
+        assert_eq!(in_child(None, || ioctl(0x5401)), 0, "TCGETS");
         assert_eq!(in_child(None, || ioctl(0x8912)), 1);
+        assert_eq!(in_child(None, || ioctl(0x5412)), 1, "TIOCSTI");
         // Memory, but not executable memory.
         let map = |prot| {
             // SAFETY: an anonymous private mapping of one page, never used.
