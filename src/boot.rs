@@ -85,6 +85,20 @@ impl SocketFile {
     }
 }
 
+/// The VMM's confinement, unless `--no-seccomp`.
+fn confine(
+    args: &BootArgs,
+    socket: Option<&SocketFile>,
+) -> Result<Option<seccomp::Confinement>, Error> {
+    if args.no_seccomp {
+        return Ok(None);
+    }
+    seccomp::handle_sigsys()?;
+    let filter = seccomp::filter(socket.map(|s| s.dir.as_raw_fd()))?;
+    let jail = socket.map(|s| s.dir_path.clone());
+    Ok(Some(seccomp::Confinement { filter, jail }))
+}
+
 /// The lean VMM executable installed beside this one (`gureum-vmm`), if there is one.
 pub fn vmm_exe() -> Option<PathBuf> {
     let me = std::env::current_exe().ok()?;
@@ -149,25 +163,20 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
     }
     let mut phases = phases::Phases::new(start);
     let vmm = vmm::Vmm::try_from(&config)?;
-    // gureum made the vsock socket, and removes it at exit: through its directory, the one
-    // the seccomp filter lets it unlink in.
-    let socket = config
-        .vsock
-        .as_ref()
-        .map(|v| SocketFile::of(&v.uds))
-        .transpose()?;
-    let confinement = match args.no_seccomp {
-        true => None,
-        false => {
-            seccomp::handle_sigsys()?;
-            let filter = seccomp::filter(socket.as_ref().map(|s| s.dir.as_raw_fd()))?;
-            let jail = socket.as_ref().map(|s| s.dir_path.clone());
-            Some(seccomp::Confinement { filter, jail })
-        }
-    };
-    let raw_terminal = term::RawTerminal::enable(0);
-    let outcome = vmm.run(timeout, &mut phases, confinement);
-    drop(raw_terminal);
+    // The VM made the vsock socket; gureum removes it at exit through its directory, the one
+    // the filter lets it unlink in.
+    let socket = (config.vsock.as_ref()).map(|v| {
+        SocketFile::of(&v.uds).inspect_err(|_| {
+            let _ = std::fs::remove_file(&v.uds);
+        })
+    });
+    let socket = socket.transpose()?;
+    let outcome = confine(args, socket.as_ref()).and_then(|confinement| {
+        let raw_terminal = term::RawTerminal::enable(0);
+        let outcome = vmm.run(timeout, &mut phases, confinement);
+        drop(raw_terminal);
+        Ok(outcome?)
+    });
     if let Some(s) = socket {
         s.remove();
     }
