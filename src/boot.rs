@@ -96,7 +96,11 @@ fn confine(
     seccomp::handle_sigsys()?;
     let filter = seccomp::filter(socket.map(|s| s.dir.as_raw_fd()))?;
     let jail = socket.map(|s| s.dir_path.clone());
-    Ok(Some(seccomp::Confinement { filter, jail }))
+    Ok(Some(seccomp::Confinement {
+        filter,
+        new_netns: jail.is_some(),
+        jail,
+    }))
 }
 
 /// The lean VMM executable installed beside this one (`gureum-vmm`), if there is one.

@@ -23,6 +23,8 @@ pub enum Error {
     Install(#[source] seccompiler::Error),
     #[error("cannot make {0} the VMM's root")]
     Chroot(std::path::PathBuf, #[source] std::io::Error),
+    #[error("cannot give the VMM a network namespace of its own")]
+    Netns(#[source] std::io::Error),
     #[error("cannot install the VMM's SIGSYS handler")]
     Handler(#[source] std::io::Error),
 }
@@ -154,6 +156,19 @@ pub struct Confinement {
     /// With vsock: its socket's directory, made the VMM's root (chroot), so that the guest's
     /// connections to the host reach only the `PATH_<port>` listeners beside the socket.
     pub jail: Option<std::path::PathBuf>,
+    /// With vsock: move into a new, empty network namespace, where no host daemon's abstract
+    /// Unix socket (which a chroot does not hide) can be reached.
+    pub new_netns: bool,
+}
+
+/// Moves the calling thread, and the threads it starts afterwards, into a new, empty network
+/// namespace (~0.8 ms here).
+pub fn unshare_netns() -> Result<(), Error> {
+    // SAFETY: unshare with a constant flag.
+    match unsafe { libc::unshare(libc::CLONE_NEWNET) } {
+        0 => Ok(()),
+        _ => Err(Error::Netns(std::io::Error::last_os_error())),
+    }
 }
 
 /// Makes `dir` this process's root and working directory.

@@ -291,6 +291,9 @@ impl Vmm {
         // Installed once, here: the vCPU threads inherit it (one compile by the kernel, where
         // one per thread cost ~0.3 ms each, serialized, before the first guest entry).
         if let Some(c) = &confinement {
+            if c.new_netns {
+                crate::seccomp::unshare_netns()?;
+            }
             if let Some(dir) = &c.jail {
                 crate::seccomp::chroot(dir)?;
                 if let Some(vsock) = &self.vsock {

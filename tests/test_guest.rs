@@ -383,6 +383,14 @@ fn every_thread_of_the_vmm_is_confined_unless_told_not_to_be() {
         // only the listeners there.
         let seen = std::fs::read_link(format!("/proc/{}/root", child.id())).unwrap();
         assert_eq!(seen, root, "{extra:?}");
+        // And every thread is in a network namespace of its own, where no host daemon's
+        // abstract socket can be reached.
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+        for task in tasks {
+            let ns = std::fs::read_link(task.unwrap().path().join("ns/net")).unwrap();
+            assert_eq!(ns == own, extra.is_some(), "{extra:?}: {ns:?}");
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         let _ = std::fs::remove_file(dir.join("v.sock"));
