@@ -135,15 +135,14 @@ impl Cgroup {
 
     /// Makes the directories and writes the limits.
     pub fn create(&self, r: &Resources) -> Result<(), Error> {
-        let cg = self;
-        if cg.v2 {
-            cg.enable_controllers()?;
+        if self.v2 {
+            self.enable_controllers()?;
         }
-        for dir in cg.dirs() {
+        for dir in self.dirs() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::Io(dir, e))?;
         }
-        if let Err(e) = cg.limit(r) {
-            cg.remove();
+        if let Err(e) = self.limit(r) {
+            self.remove();
             return Err(e);
         }
         Ok(())
