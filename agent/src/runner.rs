@@ -154,28 +154,15 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
         cmd.pre_exec(move || {
             reset_signals();
             crate::limits::apply(&rlimits).map_err(io::Error::other)?;
-            if let (Some(f), false) = (&filters, nnp) {
-                f.install()?;
-            }
-            if let Some(c) = &caps {
-                c.before_setuid()?;
-            }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(c) = &caps {
-                c.after_setuid()?;
-            }
-            if nnp && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let (Some(f), true) = (&filters, nnp) {
-                f.install()?;
-            }
-            Ok(())
+            let identity = crate::security::Identity {
+                uid,
+                gid,
+                groups: &groups,
+                caps: caps.as_ref(),
+                seccomp: filters.as_ref(),
+                no_new_privs: nnp,
+            };
+            identity.apply(|| Ok(()))
         });
     }
 }

@@ -90,6 +90,61 @@ fn check(rc: i64, what: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Who a process runs as and what confines it: the last steps before exec, shared by the
+/// native runtime's init and the agent.
+pub struct Identity<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [libc::gid_t],
+    pub caps: Option<&'a Caps>,
+    pub seccomp: Option<&'a Filters>,
+    pub no_new_privs: bool,
+}
+
+impl Identity<'_> {
+    /// In runc's order: seccomp first unless no_new_privs (installing a filter then needs the
+    /// privileges the rest drops), the bounding set, groups, gid, uid, the capability sets,
+    /// no_new_privs, `then` (the native init's chdir, as the user), seccomp last with
+    /// no_new_privs. The error names the step.
+    pub fn apply(&self, then: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        if let (Some(f), false) = (self.seccomp, self.no_new_privs) {
+            f.install()?;
+        }
+        if let Some(c) = self.caps {
+            c.before_setuid()?;
+        }
+        let failed = |what: std::fmt::Arguments| {
+            let e = io::Error::last_os_error();
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
+        // SAFETY: credential calls with a live group list and plain ids.
+        unsafe {
+            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0 {
+                return Err(failed(format_args!("setgroups")));
+            }
+            if libc::setgid(self.gid) != 0 {
+                return Err(failed(format_args!("setgid {}", self.gid)));
+            }
+            if libc::setuid(self.uid) != 0 {
+                return Err(failed(format_args!("setuid {}", self.uid)));
+            }
+        }
+        if let Some(c) = self.caps {
+            c.after_setuid()?;
+        }
+        if self.no_new_privs {
+            // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) on this thread.
+            let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            check(rc.into(), "no_new_privs")?;
+        }
+        then()?;
+        if let (Some(f), true) = (self.seccomp, self.no_new_privs) {
+            f.install()?;
+        }
+        Ok(())
+    }
+}
+
 impl Caps {
     /// While still privileged: drop from the bounding set what it lacks, and keep the
     /// permitted set across the coming setuid.

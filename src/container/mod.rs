@@ -135,11 +135,11 @@ pub fn create(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> 
     if bundle.process.terminal && opts.console_socket.is_none() {
         return Err(Error::NoConsoleSocket);
     }
-    let (pid, master) = create_with(g, id, &bundle, opts)?;
+    let (record, master) = create_with(g, id, &bundle, opts)?;
     if let (Some(master), Some(socket)) = (master, &opts.console_socket) {
         send_console(socket, &master)?;
     }
-    Ok(pid)
+    Ok(record.pid)
 }
 
 /// `process.terminal` or `-t`: the process gets a pty (natively opened in the container; in a
@@ -148,12 +148,13 @@ fn terminal(bundle: &mut Bundle, opts: &CreateOptions) {
     bundle.process.terminal |= opts.tty;
 }
 
+/// Sets container `id` up: its record, as saved, and the pty master where it has a terminal.
 fn create_with(
     g: &Global,
     id: &str,
     bundle: &Bundle,
     opts: &CreateOptions,
-) -> Result<(i32, Option<OwnedFd>), Error> {
+) -> Result<(Record, Option<OwnedFd>), Error> {
     let isolation = isolation(g, bundle)?;
     match isolation {
         Isolation::Vm => {
@@ -206,7 +207,7 @@ fn create_with(
     store.save(&record)?;
     write_pid_file(opts.pid_file.as_deref(), pid)?;
     undo.armed = false;
-    Ok((pid, master))
+    Ok((record, master))
 }
 
 /// prestart and createRuntime hooks of a sandbox, once its monitor runs (a native init asks
@@ -284,26 +285,26 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
     let mut bundle = Bundle::load(bundle_dir)?;
     terminal(&mut bundle, opts);
     let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let (pid, master) = create_with(g, id, &bundle, opts)?;
+    let (record, master) = create_with(g, id, &bundle, opts)?;
     let mut phases = vec![("created", state::monotonic_us())];
     let store = Store::new(&g.root);
     let started = native::start(&store.dir(id));
     phases.push(("started", state::monotonic_us()));
-    if started.is_ok() {
-        poststart(&store.load(id)?);
-    }
     let code = match started {
-        Ok(()) => wait(pid, &signals, master.as_ref()),
+        Ok(()) => {
+            poststart(&record);
+            wait(record.pid, &signals, master.as_ref())
+        }
         Err(e) => {
             // SAFETY: kills our own child, reaped by destroy below.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            destroy(&store, &store.load(id)?);
+            unsafe { libc::kill(record.pid, libc::SIGKILL) };
+            destroy(&store, &record);
             return Err(e.into());
         }
     };
     phases.push(("exited", state::monotonic_us()));
     let sandbox = vm::phases(&store.dir(id));
-    destroy(&store, &store.load(id)?);
+    destroy(&store, &record);
     phases.push(("torn_down", state::monotonic_us()));
     if let Some(main_us) = opts.phases_since {
         phases.extend(sandbox);

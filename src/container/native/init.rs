@@ -277,51 +277,34 @@ fn shim(exe: &CString, p: &Process, before_exec: impl FnOnce()) -> ! {
     }
 }
 
-/// Seccomp (before the rest without no_new_privs, as it then needs CAP_SYS_ADMIN), bounding
-/// set, groups, gid, uid, capabilities, no_new_privs, cwd, and seccomp last with
-/// no_new_privs; the exit status and one line for the step that failed.
+/// Credentials, capabilities and seccomp in runc's order (`Identity::apply`), with the chdir
+/// to cwd as the user; the exit status and one line for the step that failed.
 fn credentials_and_cwd(p: &Process) -> Result<(), (i32, String)> {
     let cwd = cstr(p.cwd.as_bytes()).unwrap_or_else(|_| CString::from(c"/"));
-    let security = |r: std::io::Result<()>| r.map_err(|e| (126, e.to_string()));
     let filters = p
         .seccomp
         .as_ref()
         .map(gureum_agent::security::Seccomp::unpack);
-    if let (Some(f), false) = (&filters, p.no_new_privileges) {
-        security(f.install())?;
-    }
-    if let Some(caps) = &p.capabilities {
-        security(caps.before_setuid())?;
-    }
-    let failed = |what: String| (126, format!("{what}: {}", os_err()));
-    // SAFETY: credential calls with valid arguments.
-    unsafe {
-        if libc::setgroups(p.additional_gids.len(), p.additional_gids.as_ptr()) != 0 {
-            return Err(failed("setgroups".into()));
+    let identity = gureum_agent::security::Identity {
+        uid: p.uid,
+        gid: p.gid,
+        groups: &p.additional_gids,
+        caps: p.capabilities.as_ref(),
+        seccomp: filters.as_ref(),
+        no_new_privs: p.no_new_privileges,
+    };
+    let chdir = || {
+        // SAFETY: chdir with a NUL-terminated path.
+        match unsafe { libc::chdir(cwd.as_ptr()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::other(format!(
+                "chdir {}: {}",
+                p.cwd,
+                os_err()
+            ))),
         }
-        if libc::setgid(p.gid) != 0 {
-            return Err(failed(format!("setgid {}", p.gid)));
-        }
-        if libc::setuid(p.uid) != 0 {
-            return Err(failed(format!("setuid {}", p.uid)));
-        }
-    }
-    if let Some(caps) = &p.capabilities {
-        security(caps.after_setuid())?;
-    }
-    // SAFETY: prctl and chdir with valid arguments.
-    unsafe {
-        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(failed("no_new_privs".into()));
-        }
-        if libc::chdir(cwd.as_ptr()) != 0 {
-            return Err(failed(format!("chdir {}", p.cwd)));
-        }
-    }
-    if let (Some(f), true) = (&filters, p.no_new_privileges) {
-        security(f.install())?;
-    }
-    Ok(())
+    };
+    identity.apply(chdir).map_err(|e| (126, e.to_string()))
 }
 
 /// In the forked child: the process's own settings, then exec. Never returns.

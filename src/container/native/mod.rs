@@ -173,18 +173,20 @@ fn admit(
     }
     let (rest, master) = pty::receive(report).map_err(sys("read the container's init"))?;
     let answer = [first, rest].concat();
-    match answer.split_first() {
-        Some((b'R', _)) => Ok(master),
-        Some((b'E', rest)) if rest.len() >= 4 => {
-            let (code, msg) = rest.split_at(4);
-            let code = i32::from_le_bytes(code.try_into().unwrap_or_default());
-            Err(Error::Init {
-                code,
-                msg: String::from_utf8_lossy(msg).into_owned(),
-            })
-        }
-        _ => Err(Error::InitDied),
+    match answer.first() {
+        Some(b'R') => Ok(master),
+        _ => Err(failure(&answer).unwrap_or(Error::InitDied)),
     }
+}
+
+/// The failure an init or exec'd process reported: 'E', its exit status (4 bytes, little
+/// endian), one line.
+fn failure(answer: &[u8]) -> Option<Error> {
+    let (code, msg) = answer.strip_prefix(b"E")?.split_first_chunk::<4>()?;
+    Some(Error::Init {
+        code: i32::from_le_bytes(*code),
+        msg: String::from_utf8_lossy(msg).into_owned(),
+    })
 }
 
 /// The init stops before pivot_root and says 'H': prestart and createRuntime hooks run here,
@@ -330,14 +332,10 @@ pub fn exec(
     drop(report_w);
     let (pid, _) = forked.map_err(sys("fork"))?;
     let (answer, master) = pty::receive(&report_r).map_err(sys("read the exec'd process"))?;
-    if let Some((b'E', rest)) = answer.split_first().filter(|_| answer.len() >= 5) {
-        let (code, msg) = rest.split_at(4);
+    if let Some(e) = failure(&answer) {
         // SAFETY: reaps our own child, which has exited after reporting.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(Error::Init {
-            code: i32::from_le_bytes(code.try_into().unwrap_or_default()),
-            msg: String::from_utf8_lossy(msg).into_owned(),
-        });
+        return Err(e);
     }
     Ok((pid, master))
 }

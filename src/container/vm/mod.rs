@@ -368,10 +368,16 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>) -> i32 {
 /// `exec` in a sandbox: one more agent connection, with this process's stdio, or `tty` (a
 /// terminal: ours, or a pty's slave whose master went to a console socket) as its terminal.
 pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, Error> {
+    let (conn, spec) = session(dir, process)?;
+    Ok(relay(conn, &spec, tty.as_ref()))
+}
+
+/// A new agent connection for `process`, which runs on the container's root disk.
+fn session(dir: &Path, process: &Process) -> Result<(UnixStream, Process), Error> {
     let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
     let mut spec = process.clone();
     spec.root = Some("/dev/vda".into());
-    Ok(relay(conn, &spec, tty.as_ref()))
+    Ok((conn, spec))
 }
 
 /// `kill --all` in a sandbox: the agent signals every process of the guest.
@@ -385,9 +391,7 @@ pub fn signal_all(dir: &Path, sig: i32) -> Result<(), Error> {
 /// signal to it reaches the process; killing it ends the process). Its parent (a shim that
 /// is a subreaper, for containerd) reaps the status.
 pub fn exec_detached(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, Error> {
-    let conn = try_connect(&dir.join("vsock.sock")).map_err(Error::Sys)?;
-    let mut spec = process.clone();
-    spec.root = Some("/dev/vda".into());
+    let (conn, spec) = session(dir, process)?;
     // SAFETY: fork from a single-threaded process; the child relays and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
