@@ -168,18 +168,23 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
 }
 
 /// `linux.sysctl` for the whole guest, which is the container's.
-fn set_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
+/// Also the native runtime's, in the container's namespaces.
+pub fn set_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
     for (key, value) in sysctl {
-        if key
-            .split('.')
-            .any(|part| part.is_empty() || part.contains('/'))
-        {
+        if !sysctl_name(key) {
             return Err(format!("bad sysctl name {key:?}"));
         }
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl {key}: {e}"))?;
     }
     Ok(())
+}
+
+/// A sysctl's name and nothing more: dotted parts, none empty, no path of its own
+/// ("net./../../sysrq-trigger" is not one).
+pub fn sysctl_name(key: &str) -> bool {
+    key.split('.')
+        .all(|part| !part.is_empty() && !part.contains('/'))
 }
 
 /// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later

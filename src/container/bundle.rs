@@ -207,10 +207,7 @@ impl Bundle {
             .contains(&key.as_str())
                 || key.starts_with("kernel.shm")
                 || key.starts_with("fs.mqueue.");
-            // Names only: no path of its own ("net./../../sysrq-trigger").
-            let plain = key
-                .split('.')
-                .all(|part| !part.is_empty() && !part.contains('/'));
+            let plain = gureum_agent::runner::sysctl_name(key);
             let isolated = (ipc && new(LinuxNamespaceType::Ipc))
                 || (key.starts_with("net.") && new(LinuxNamespaceType::Network))
                 || (["kernel.hostname", "kernel.domainname"].contains(&key.as_str())

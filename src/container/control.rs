@@ -53,8 +53,8 @@ pub fn pids(g: &Global, id: &str) -> Result<Vec<i32>, Error> {
     Ok(record.cgroup().pids())
 }
 
-/// A container whose processes exist: created, running or paused.
-fn live(store: &Store, record: &super::state::Record) -> Result<(), Error> {
+/// A container whose processes exist: created, running or paused. Its status.
+pub(super) fn live(store: &Store, record: &super::state::Record) -> Result<Status, Error> {
     let status = store.status(record);
     if matches!(status, Status::Stopped | Status::Creating) {
         return Err(Error::WrongStatus {
@@ -63,5 +63,5 @@ fn live(store: &Store, record: &super::state::Record) -> Result<(), Error> {
             want: "running",
         });
     }
-    Ok(())
+    Ok(status)
 }

@@ -388,14 +388,7 @@ pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> 
     let sig = native::sys::parse_signal(signal).ok_or_else(|| Error::Signal(signal.into()))?;
     let store = Store::new(&g.root);
     let record = store.load(id)?;
-    let status = store.status(&record);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
-        return Err(Error::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            want: "running",
-        });
-    }
+    let status = control::live(&store, &record)?;
     // In a sandbox the agent signals every process of the guest: it must be running to answer.
     if all && record.isolation == Isolation::Vm && status != Status::Created {
         expect(&store, &record, Status::Running)?;

@@ -141,7 +141,7 @@ fn prepare(plan: &Plan, go: &OwnedFd, report: &OwnedFd) -> Result<(CString, Vec<
     } else {
         before_pivot().map_err(|e| (1, e))?;
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
-        mounts::write_sysctls(&bundle.process.sysctl).map_err(|e| (1, e))?;
+        gureum_agent::runner::set_sysctls(&bundle.process.sysctl).map_err(|e| (1, e))?;
     }
     if let (true, Some(name)) = (plan.new_uts_ns, &bundle.process.hostname) {
         // SAFETY: sethostname reads name.len() bytes from a live string.

@@ -221,7 +221,8 @@ pub fn setup_rootfs(
     }
     before_pivot()?;
     pivot_root(rootfs)?;
-    write_sysctls(&p.sysctl)?;
+    // linux.sysctl, through the container's /proc/sys, before it is made read-only.
+    gureum_agent::runner::set_sysctls(&p.sysctl)?;
     if p.readonly {
         mount(
             none,
@@ -249,15 +250,6 @@ pub fn setup_rootfs(
                 );
             }
         }
-    }
-    Ok(())
-}
-
-/// `linux.sysctl`, through the container's /proc/sys (before it is made read-only).
-pub fn write_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
-    for (key, value) in sysctl {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl {key}: {e}"))?;
     }
     Ok(())
 }
