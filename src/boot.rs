@@ -165,7 +165,7 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
             "gureum: warning: PVM host: this Linux guest's kernel runs emulated and its userspace cannot run"
         );
     }
-    let mut phases = phases::Phases::new(start);
+    let mut phases = phases::Phases::new(start, args.phases);
     let vmm = vmm::Vmm::try_from(&config)?;
     // The VM made the vsock socket; gureum removes it at exit through its directory, the one
     // the filter lets it unlink in.

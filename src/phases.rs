@@ -16,12 +16,15 @@ pub struct Phases {
     pub shutdown: Option<Instant>,
     /// Bytes of guest memory the guest touched.
     pub guest_touched: Option<u64>,
-    /// /proc/self/status, opened before the VMM's seccomp filter forbids opening files.
-    status: Option<std::fs::File>,
+    /// Where the memory figures come from, when they are wanted: /proc/self/status and
+    /// /proc/self/smaps, opened before the VMM's seccomp filter forbids opening files.
+    proc: Option<[std::fs::File; 2]>,
 }
 
 impl Phases {
-    pub fn new(start: Instant) -> Self {
+    /// `memory`: also measure the process's and the guest's memory at the end.
+    pub fn new(start: Instant, memory: bool) -> Self {
+        let open = |name| std::fs::File::open(format!("/proc/self/{name}")).ok();
         Self {
             start,
             vm_built: None,
@@ -29,8 +32,15 @@ impl Phases {
             boot_timer: None,
             shutdown: None,
             guest_touched: None,
-            status: std::fs::File::open("/proc/self/status").ok(),
+            proc: memory
+                .then(|| Some([open("status")?, open("smaps")?]))
+                .flatten(),
         }
+    }
+
+    /// /proc/self/smaps, when memory is measured.
+    pub fn smaps(&self) -> Option<&std::fs::File> {
+        self.proc.as_ref().map(|[_, smaps]| smaps)
     }
 
     fn us(&self, at: Option<Instant>) -> String {
@@ -52,7 +62,7 @@ impl Phases {
         ] {
             let _ = write!(s, " {name}_us={}", self.us(at));
         }
-        let rss = self.status.as_ref().and_then(rss_kib);
+        let rss = self.proc.as_ref().and_then(|[status, _]| rss_kib(status));
         let touched = self.guest_touched.map(|b| b / 1024);
         if let (Some(rss), Some(touched)) = (rss, touched) {
             let _ = write!(
@@ -95,7 +105,7 @@ mod tests {
     #[test]
     fn report_lists_every_phase_in_order() {
         let start = Instant::now();
-        let mut p = Phases::new(start);
+        let mut p = Phases::new(start, true);
         p.vm_built = Some(start + Duration::from_micros(900));
         p.guest_touched = Some(8 << 20);
         let r = p.report();

@@ -58,8 +58,6 @@ pub enum Error {
     Virtio(#[from] virtio_devices::Error),
     #[error("event loop")]
     EventLoop(#[source] event_manager::Error),
-    #[error("cannot open /proc/self/smaps")]
-    Smaps(#[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
 }
@@ -284,8 +282,6 @@ impl Vmm {
             events.add_subscriber(Arc::new(Mutex::new(handler)));
         }
 
-        // Read at the end, when the filter allows no open.
-        let smaps = File::open("/proc/self/smaps").map_err(Error::Smaps)?;
         phases.vm_built = Some(Instant::now());
         let first_entry = Arc::new(OnceLock::new());
         // Installed once, here: the vCPU threads inherit it (one compile by the kernel, where
@@ -318,7 +314,7 @@ impl Vmm {
         phases.shutdown = Some(Instant::now());
         phases.first_entry = first_entry.get().copied();
         phases.boot_timer = self.boot_timer.events().first().map(|e| e.at);
-        phases.guest_touched = Some(touched_bytes(&self.memory, &smaps));
+        phases.guest_touched = phases.smaps().map(|s| touched_bytes(&self.memory, s));
         Ok(outcome)
     }
 }
