@@ -12,15 +12,20 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
-    // A guest's /init: PID 1 with no arguments (PID 1 of a namespace with --listen is not).
-    let guest_init = pid1 && args.len() == 1;
+    // A guest's /init is PID 1 without --listen (PID 1 of a namespace with --listen is not).
+    // The kernel passes the command line's unknown words without '=' (`nomodule` on a kernel
+    // without modules, say) to init as arguments: they are not ours to refuse.
+    let guest_init = pid1 && !args.get(1).is_some_and(|a| a.starts_with("--listen"));
     let result = match args.get(1..).unwrap_or_default() {
+        _ if guest_init => init(),
         [flag, path] if flag == "--listen" => listen(path),
-        [flag, path, port] if flag == "--listen-hybrid" => listen_hybrid(path, port),
-        [] if guest_init => init(),
+        [flag, path, port] if flag == "--listen-hybrid" => listen_hybrid(path, port, None),
+        [flag, path, port, ready] if flag == "--listen-hybrid" => {
+            listen_hybrid(path, port, Some(ready))
+        }
         _ => {
             eprintln!(
-                "usage: gureum-agent --listen PATH | --listen-hybrid PATH PORT \
+                "usage: gureum-agent --listen PATH | --listen-hybrid PATH PORT [READY_PORT] \
                  (or as a guest's /init)"
             );
             std::process::exit(2);
@@ -55,10 +60,16 @@ fn init() -> Result<(), String> {
     gureum_agent::runner::mount("tmpfs", "/run", "tmpfs", 0, "")?;
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let transport = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("gureum.agent="))
-        .ok_or("no gureum.agent= on the kernel command line")?;
+    let param = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    };
+    let transport = param("gureum.agent").ok_or("no gureum.agent= on the kernel command line")?;
+    // gureum.ready=vsock:PORT: the host port to tell once the agent listens.
+    let ready = param("gureum.ready")
+        .and_then(|r| r.strip_prefix("vsock:"))
+        .and_then(|p| p.parse().ok());
     println!("gureum-agent: ready on {transport}");
     match transport.split_once(':') {
         Some(("port", name)) => {
@@ -75,7 +86,7 @@ fn init() -> Result<(), String> {
             let port = port
                 .parse()
                 .map_err(|_| format!("bad vsock port {port:?}"))?;
-            serve_vsock(port)
+            serve_vsock(port, ready)
         }
         _ => Err(format!(
             "unknown transport {transport:?} (expected port:NAME or vsock:PORT)"
@@ -103,8 +114,10 @@ fn find_port(name: &str) -> Result<String, String> {
 }
 
 /// Listens on vsock `port`: the first connection is the container's process, and the VM ends
-/// with it; every later one (an exec session) is served on its own thread meanwhile.
-fn serve_vsock(port: u32) -> Result<(), String> {
+/// with it; every later one (an exec session) is served on its own thread meanwhile. Once it
+/// listens, it tells the host through a connection of its own to host port `ready`, so the host
+/// need not poll a booting guest.
+fn serve_vsock(port: u32, ready: Option<u32>) -> Result<(), String> {
     // SAFETY: socket(2) with constant arguments; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -132,7 +145,32 @@ fn serve_vsock(port: u32) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    if let Some(Err(e)) = ready.map(announce_vsock) {
+        eprintln!("gureum-agent: cannot tell the host it is ready: {e}");
+    }
     serve_all(move || accept(&listener))
+}
+
+/// One connection to the host (CID 2) on vsock `port`, closed at once: "listening now".
+fn announce_vsock(port: u32) -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns; closed when dropped.
+    let _socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_vm is valid; the fields are set below.
+    let mut addr = unsafe { std::mem::zeroed::<libc::sockaddr_vm>() };
+    addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_HOST;
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or_default();
+    // SAFETY: connect our socket to a valid address of the given length.
+    if unsafe { libc::connect(fd, (&raw const addr).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The first connection is the container's process, and the agent's work ends with it; every
@@ -150,10 +188,17 @@ fn serve_all(
 }
 
 /// Firecracker's hybrid vsock, host side included, on a Unix socket: each connection first
-/// says `CONNECT PORT`, and is answered `OK 1`. Lets gureum's sandbox monitor drive the agent
+/// says `CONNECT PORT`, and is answered `OK 1`. With `ready`, tells the host it listens as
+/// the guest agent would (a connection to `PATH_<ready>`). Lets gureum's sandbox monitor drive the agent
 /// natively, through a stand-in for the VMM (tests/standin-vmm.sh), where no guest can run.
-fn listen_hybrid(path: &str, port: &str) -> Result<(), String> {
+fn listen_hybrid(path: &str, port: &str, ready: Option<&str>) -> Result<(), String> {
     let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {path}: {e}"))?;
+    // As the VMM forwards a guest's connection to host port P: to PATH_P.
+    if let Some(Err(e)) =
+        ready.map(|r| std::os::unix::net::UnixStream::connect(format!("{path}_{r}")))
+    {
+        eprintln!("gureum-agent: cannot tell the host it is ready: {e}");
+    }
     let want = format!("CONNECT {port}");
     serve_all(move || {
         loop {

@@ -9,7 +9,7 @@ mod image;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +25,12 @@ use crate::host_check::KvmKind;
 
 /// The guest port the agent listens on.
 const AGENT_PORT: u32 = 1024;
+/// The host port the agent connects to once it listens (`gureum.ready=`): the VMM forwards it
+/// to the Unix socket `vsock.sock_1025`, where the monitor waits.
+const READY_PORT: u32 = 1025;
+/// How long a booting sandbox's agent may take to answer (a guest that crashes is seen at
+/// once: its VMM exits). Stretched on an emulated host (`host_check::slowdown`).
+const AGENT_DEADLINE: Duration = Duration::from_secs(30);
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet";
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +141,9 @@ pub fn create(
             &vcpus.to_string(),
         ])
         .arg("--cmdline")
-        .arg(format!("{CMDLINE} gureum.agent=vsock:{AGENT_PORT}"));
+        .arg(format!(
+            "{CMDLINE} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}"
+        ));
     let (master, tty) = match bundle.process.terminal {
         true => gureum_agent::pty::open_pair(c"/dev/ptmx")
             .map(|(m, s)| (Some(m), Some(s)))
@@ -156,7 +164,7 @@ pub fn create(
             // SAFETY: ends the monitor before it started anything.
             unsafe { libc::_exit(1) };
         }
-        monitor(vmm, bundle, dir, report_w, tty);
+        monitor(vmm, bundle, dir, cgroup, report_w, tty);
     }
     drop(report_w);
     drop(tty);
@@ -180,6 +188,7 @@ fn monitor(
     mut vmm: Command,
     bundle: &Bundle,
     dir: &Path,
+    cgroup: &Cgroup,
     report: OwnedFd,
     tty: Option<OwnedFd>,
 ) -> ! {
@@ -212,19 +221,30 @@ fn monitor(
             Ok(())
         });
     }
+    let uds = dir.join("vsock.sock");
+    let ready_path = PathBuf::from(format!("{}_{READY_PORT}", uds.display()));
+    let ready = UnixListener::bind(&ready_path)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .unwrap_or_else(|e| fail(format!("{}: {e}", ready_path.display())));
     let mut child = vmm
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot run the VMM: {e}")));
     let spawned = monotonic_us();
-    let uds = dir.join("vsock.sock");
-    let conn = match connect(&uds, &mut child, Duration::from_secs(10)) {
+    let within = AGENT_DEADLINE * crate::host_check::slowdown();
+    let answered = connect(&uds, &ready, &mut child, within);
+    drop(ready);
+    let _ = std::fs::remove_file(&ready_path);
+    let conn = match answered {
         Ok(conn) => conn,
         Err(why) => {
             let _ = child.kill();
             let _ = child.wait();
-            fail(format!("{why} (console: {})", log.display()))
+            fail(format!("{why}; {}", console_tail(&log, 12)))
         }
     };
+    // KVM's own kernel thread for the VM joined the VMM's cgroup: not the container's, and
+    // it would keep a cgroup v2 pause from ever completing.
+    cgroup.release_kernel_threads();
     let phases = format!("vmm_spawned={spawned} agent_ready={}\n", monotonic_us());
     let _ = std::fs::write(dir.join("phases"), phases);
     let _ = write_all(report.as_raw_fd(), b"R");
@@ -246,7 +266,7 @@ fn monitor(
         Err(_) => 255,
     };
     // The agent restarts the guest when the process ends; give the VMM a moment to exit.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(2) * crate::host_check::slowdown();
     while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -255,22 +275,59 @@ fn monitor(
     std::process::exit(status)
 }
 
-/// Connects to the agent through the vsock device's Unix socket (Firecracker's CONNECT).
-fn connect(uds: &Path, vmm: &mut Child, within: Duration) -> Result<UnixStream, String> {
+/// The last `n` lines of the guest console at `log`, indented, for an error that must say why
+/// a guest did not come up (the state directory, and the log with it, goes away).
+fn console_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "the guest console printed nothing".into();
+    }
+    let tail = lines
+        .get(lines.len().saturating_sub(n)..)
+        .unwrap_or_default();
+    format!(
+        "the guest console's last lines:\n    {}",
+        tail.join("\n    ")
+    )
+}
+
+/// Connects to the agent through the vsock device's Unix socket (Firecracker's CONNECT), once
+/// the agent has said it listens (a connection to `ready`). Knocking on a booting guest costs
+/// it a packet and an interrupt each time, so without that word it tries only every 250 ms.
+fn connect(
+    uds: &Path,
+    ready: &UnixListener,
+    vmm: &mut Child,
+    within: Duration,
+) -> Result<UnixStream, String> {
+    const FALLBACK: Duration = Duration::from_millis(250);
     let start = Instant::now();
+    let mut next_try = start + FALLBACK;
     loop {
         if let Ok(Some(status)) = vmm.try_wait() {
             return Err(format!(
                 "the VMM exited ({status}) before the agent answered"
             ));
         }
-        if let Ok(conn) = try_connect(uds) {
-            return Ok(conn);
+        let told = ready.accept().is_ok();
+        if told || Instant::now() >= next_try {
+            if let Ok(conn) = try_connect(uds) {
+                return Ok(conn);
+            }
+            next_try = Instant::now() + FALLBACK;
         }
         if start.elapsed() > within {
             return Err(format!("the agent did not answer within {within:?}"));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        let mut fd = libc::pollfd {
+            fd: ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one live descriptor we own, for at most 10 ms.
+        unsafe { libc::poll(&mut fd, 1, 10) };
     }
 }
 
