@@ -51,6 +51,9 @@ pub struct Cgroup {
     /// The container's cgroup, relative to each hierarchy's root.
     rel: PathBuf,
     v2: bool,
+    /// The parent is gureum's own (`gureum/`, no cgroupsPath): removed with its last child.
+    #[serde(default)]
+    own_parent: bool,
 }
 
 /// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
@@ -71,6 +74,18 @@ struct CloneArgs {
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Whether `pid` is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags).
+fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (which may hold spaces): state is 3rd, flags 9th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
 
 fn open_path(dir: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -108,6 +123,7 @@ impl Cgroup {
                 controllers,
                 rel,
                 v2: true,
+                own_parent: path.is_none(),
             };
         }
         let controllers = CONTROLLERS
@@ -120,6 +136,7 @@ impl Cgroup {
             controllers,
             rel,
             v2: false,
+            own_parent: path.is_none(),
         }
     }
 
@@ -133,8 +150,21 @@ impl Cgroup {
         }
     }
 
-    /// Makes the directories and writes the limits.
+    /// Makes the directories and writes the limits. Tried again while a parent vanishes
+    /// under it (the last other container's delete removing gureum's own parent).
     pub fn create(&self, r: &Resources) -> Result<(), Error> {
+        let mut tries = 0;
+        loop {
+            match self.try_create(r) {
+                Err(Error::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn try_create(&self, r: &Resources) -> Result<(), Error> {
         if self.v2 {
             self.enable_controllers()?;
         }
@@ -265,8 +295,15 @@ impl Cgroup {
             (false, true) => ("freezer.state", "FROZEN"),
             (false, false) => ("freezer.state", "THAWED"),
         };
+        if frozen {
+            self.release_kernel_threads();
+        }
         self.set("freezer", file, value)?;
-        for _ in 0..1000 {
+        // Every task must stop, a VMM's vCPU threads leaving KVM_RUN first: 2 s, stretched
+        // where guests run slower (an emulated host).
+        let within = std::time::Duration::from_secs(2) * crate::host_check::slowdown();
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
             if !frozen || self.frozen() {
                 return Ok(());
             }
@@ -350,13 +387,34 @@ impl Cgroup {
 
     /// The pids still in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = (self.dirs().iter())
-            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|s| s.lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
+        let mut pids: Vec<i32> = self
+            .all_pids()
+            .into_iter()
+            .filter(|&p| !is_kernel_thread(p))
             .collect();
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    fn all_pids(&self) -> Vec<i32> {
+        (self.dirs().iter())
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| s.lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// v2: moves the kernel threads in the cgroup to the root (the one cgroup v2 lets hold
+    /// tasks beside child cgroups). KVM makes one per VM (kvm-nx-lpage-recovery) and puts it in
+    /// its VMM's cgroups; no kernel thread ever enters v2's freezer, so while it is there the
+    /// cgroup never reads frozen and a pause never ends. (v1's freezer passes them over.)
+    pub fn release_kernel_threads(&self) {
+        if !self.v2 {
+            return;
+        }
+        for pid in self.all_pids().into_iter().filter(|&p| is_kernel_thread(p)) {
+            let _ = write(&self.root.join("cgroup.procs"), &pid.to_string());
+        }
     }
 
     /// Kills every process of the cgroup at once where the kernel can (v2's cgroup.kill);
@@ -377,6 +435,11 @@ impl Cgroup {
                     }
                     _ => break,
                 }
+            }
+            // gureum's own parent goes with its last container: rmdir fails while another
+            // container's cgroup is in it.
+            if let Some(parent) = dir.parent().filter(|_| self.own_parent) {
+                let _ = std::fs::remove_dir(parent);
             }
         }
     }

@@ -32,6 +32,7 @@ impl Tree {
             controllers: Vec::new(),
             rel: "gureum/c1".into(),
             v2: true,
+            own_parent: true,
         }
     }
 
@@ -44,6 +45,7 @@ impl Tree {
             controllers: CONTROLLERS.map(String::from).to_vec(),
             rel: "gureum/c1".into(),
             v2: false,
+            own_parent: true,
         }
     }
 
@@ -176,9 +178,44 @@ fn a_v2_root_that_is_no_cgroup2_mount_is_refused_before_anything_is_made() {
         controllers: Vec::new(),
         rel: "gureum/c1".into(),
         v2: true,
+        own_parent: true,
     };
     std::fs::create_dir_all(&cg.root).unwrap();
     let err = cg.create(&Resources::default()).unwrap_err().to_string();
     assert!(err.contains("not a cgroup2 mount"), "{err}");
     assert!(!cg.root.join("gureum").exists());
+}
+
+#[test]
+fn gureum_s_own_parent_goes_with_its_last_container_and_a_given_path_s_stays() {
+    let tree = Tree::new("parent");
+    let c1 = tree.v1();
+    let c2 = Cgroup {
+        rel: "gureum/c2".into(),
+        ..c1.clone()
+    };
+    c2.dirs()
+        .iter()
+        .for_each(|d| std::fs::create_dir_all(d).unwrap());
+    c1.remove();
+    assert!(tree.0.join("memory/gureum/c2").is_dir());
+    c2.remove();
+    for c in CONTROLLERS {
+        assert!(!tree.0.join(c).join("gureum").exists(), "{c}");
+    }
+    let given = Cgroup {
+        rel: "k8s/pod1".into(),
+        own_parent: false,
+        ..c1.clone()
+    };
+    given
+        .dirs()
+        .iter()
+        .for_each(|d| std::fs::create_dir_all(d).unwrap());
+    given.remove();
+    assert!(!tree.0.join("memory/k8s/pod1").exists());
+    assert!(
+        tree.0.join("memory/k8s").is_dir(),
+        "a given path's parent is not ours"
+    );
 }
