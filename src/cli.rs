@@ -45,6 +45,23 @@ pub struct Cli {
     pub debug: bool,
 }
 
+impl Command {
+    /// Whether the command's whole output is a report. A closed stdout then ends it quietly,
+    /// as SIGPIPE ends `ls | head` (the others, which relay a guest's or a container's
+    /// streams, handle a write error themselves).
+    pub fn only_reports(&self) -> bool {
+        matches!(
+            self,
+            Command::HostCheck { .. }
+                | Command::State { .. }
+                | Command::List { .. }
+                | Command::Ps { .. }
+                | Command::Features
+                | Command::Bench(_)
+        )
+    }
+}
+
 /// `gureum boot ...` alone. Building the whole command tree touches clap's code for every
 /// subcommand and flag (about 1 MiB of resident pages); a VMM started with `boot` first is
 /// parsed with this much smaller tree. Same flags, same errors.

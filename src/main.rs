@@ -46,6 +46,11 @@ fn main() {
         std::process::exit(1);
     }
     let cli = Cli::parse_fast();
+    if cli.command.only_reports() {
+        // SAFETY: restores SIGPIPE's default action (Rust's runtime ignores it) before any
+        // thread or child exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let log = cli.log.clone();
     let json_log = cli.log_format == "json";
     let code = match run(cli, start) {
