@@ -54,8 +54,7 @@ if [ "$setup_only" = 0 ] && [ $# -eq 0 ]; then
 fi
 [ "$(id -u)" = 0 ] || { say "needs root (it exports this host's root to the machine)"; exit 2; }
 
-ensure_qemu
-ensure_packages busybox-static cpio
+ensure_packages qemu-system-x86 busybox-static cpio
 cache=${GUREUM_CACHE:-/var/cache/gureum}/kvm-machine
 mkdir -p "$cache"
 

@@ -10,8 +10,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # shellcheck source=lib.sh
 . "$root/scripts/lib.sh"
-ensure_qemu
-ensure_packages build-essential util-linux iproute2 e2fsprogs busybox-static runc
+ensure_packages build-essential qemu-system-x86 util-linux iproute2 e2fsprogs busybox-static runc runsc
 
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -366,8 +366,12 @@ pub enum BenchCommand {
         /// (guest-kernels/test-guest/build.sh prints its path).
         #[arg(long, value_name = "PATH")]
         test_guest: Option<PathBuf>,
+        /// A Firecracker binary to compare with: one more row, booting the same kernel and
+        /// initramfs as the gureum microVM kind (firecracker --no-api --config-file).
+        #[arg(long, value_name = "PATH")]
+        firecracker: Option<PathBuf>,
         /// Only these kinds (comma-separated): native, runc, runsc, sandbox, microvm,
-        /// qemu-microvm, microvm-test-guest, qemu-microvm-test-guest.
+        /// qemu-microvm, microvm-test-guest, qemu-microvm-test-guest, firecracker.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -261,6 +261,7 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
             out,
             density,
             test_guest,
+            firecracker,
             only,
         }) => {
             std::fs::create_dir_all(&out).map_err(|e| Error::OutDir(out.clone(), e))?;
@@ -270,6 +271,7 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
                 out: out.clone(),
                 density,
                 test_guest,
+                firecracker,
                 only,
             };
             let report = bench::compare::run(&opts)?;

@@ -21,9 +21,10 @@ pub enum Kind {
     QemuMicroVm,
     TestGuestVm,
     QemuTestGuest,
+    Firecracker,
 }
 
-pub const ALL: [Kind; 8] = [
+pub const ALL: [Kind; 9] = [
     Kind::Native,
     Kind::Runc,
     Kind::Runsc,
@@ -32,6 +33,7 @@ pub const ALL: [Kind; 8] = [
     Kind::QemuMicroVm,
     Kind::TestGuestVm,
     Kind::QemuTestGuest,
+    Kind::Firecracker,
 ];
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::QemuMicroVm => "qemu-microvm",
             Kind::TestGuestVm => "microvm-test-guest",
             Kind::QemuTestGuest => "qemu-microvm-test-guest",
+            Kind::Firecracker => "firecracker",
         }
     }
 
@@ -58,6 +61,7 @@ impl Kind {
             Kind::QemuMicroVm => "QEMU microvm: same kernel + initramfs",
             Kind::TestGuestVm => "gureum microVM: test guest (no Linux)",
             Kind::QemuTestGuest => "QEMU microvm: test guest",
+            Kind::Firecracker => "Firecracker: same kernel + initramfs",
         }
     }
 
@@ -68,7 +72,7 @@ impl Kind {
     /// The stdout line that marks the workload's (or the guest's init's) start.
     pub fn mark(self) -> &'static str {
         match self {
-            Kind::MicroVm | Kind::QemuMicroVm => LINUX_MARK,
+            Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker => LINUX_MARK,
             Kind::TestGuestVm | Kind::QemuTestGuest => TEST_GUEST_MARK,
             _ => WORKLOAD_MARK,
         }
@@ -88,6 +92,8 @@ pub struct Setup {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub test_guest: Option<PathBuf>,
+    /// A Firecracker binary to compare with (`--firecracker`).
+    pub firecracker: Option<PathBuf>,
     pub kvm: KvmKind,
 }
 
@@ -112,13 +118,18 @@ impl Setup {
                 Some("gVisor's runsc is not installed (apt install runsc)".into())
             }
             Kind::Runc | Kind::Runsc => None,
-            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm if self.kvm == KvmKind::Pvm => {
+            Kind::Firecracker if self.firecracker.is_none() => Some(
+                "no --firecracker given (the path of a Firecracker binary to compare with)".into(),
+            ),
+            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker
+                if self.kvm == KvmKind::Pvm =>
+            {
                 Some(pvm.into())
             }
             Kind::QemuMicroVm | Kind::QemuTestGuest if !installed("qemu-system-x86_64") => {
                 Some("qemu-system-x86_64 is not installed".into())
             }
-            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm => {
+            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker => {
                 missing(&self.kernel).or_else(|| missing(&self.initramfs))
             }
             Kind::TestGuestVm | Kind::QemuTestGuest => match &self.test_guest {
@@ -184,7 +195,32 @@ impl Setup {
                 let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
                 qemu(self.kvm, kernel, None, test_guest_cmdline(idle))
             }
+            Kind::Firecracker => self.firecracker(id, idle),
         }
+    }
+
+    /// `firecracker --no-api --config-file` with the same kernel, initramfs, command line and
+    /// size as the gureum microVM kind (its config file written beside gureum's state).
+    fn firecracker(&self, id: &str, idle: bool) -> Command {
+        let config = serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": self.kernel,
+                "initrd_path": self.initramfs,
+                "boot_args": linux_cmdline(idle),
+            },
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        });
+        let path = self.state.join(format!("firecracker-{id}.json"));
+        // A file that cannot be written makes the run fail, and it is counted so.
+        let _ = std::fs::create_dir_all(&self.state)
+            .and_then(|()| std::fs::write(&path, config.to_string()));
+        let mut c = Command::new(
+            self.firecracker
+                .as_deref()
+                .unwrap_or(Path::new("firecracker")),
+        );
+        c.args(["--no-api", "--config-file"]).arg(path);
+        c
     }
 
     /// How to stop an idle instance of `kind` that was started as `id`.
@@ -252,7 +288,9 @@ fn qemu(kvm: KvmKind, kernel: &Path, initrd: Option<&Path>, append: &str) -> Com
         "stdio",
     ]);
     c.args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4"]);
-    c.arg("-kernel").arg(kernel).args(["-append", append]);
+    c.arg("-kernel")
+        .arg(kernel)
+        .args(["-append", &crate::bench::qemu_append(append)]);
     if let Some(initrd) = initrd {
         c.arg("-initrd").arg(initrd);
     }

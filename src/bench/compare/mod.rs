@@ -38,6 +38,8 @@ pub struct Options {
     /// Idle instances per kind started at once; 0 skips the density run.
     pub density: usize,
     pub test_guest: Option<PathBuf>,
+    /// A Firecracker binary: one more row, booting the same kernel and initramfs.
+    pub firecracker: Option<PathBuf>,
     /// Only these kinds (by name); empty means all.
     pub only: Vec<String>,
 }
@@ -78,6 +80,7 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
         kernel,
         initramfs,
         test_guest: opts.test_guest.clone(),
+        firecracker: opts.firecracker.clone(),
         kvm: crate::host_check::kvm_kind().0,
     })
 }
@@ -203,7 +206,12 @@ fn measure_all(
 
 fn host(kvm: KvmKind) -> Host {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let emulated = crate::host_check::slowdown() > 1;
     let (kvm, note) = match kvm {
+        KvmKind::Hardware if emulated => (
+            "hardware",
+            "Hardware-assisted KVM nested under QEMU's software emulation (the KVM test machine): every figure here is emulated, tens of times slower than on hardware; only the ratios between kinds measured in this same run mean anything.",
+        ),
         KvmKind::Pvm => (
             "pvm",
             "PVM host: guest kernels run emulated, so VM start-up here is bound by that emulation, not by the VMM; Linux-guest kinds cannot run and are skipped.",
@@ -213,6 +221,7 @@ fn host(kvm: KvmKind) -> Host {
     };
     Host {
         kvm: kvm.into(),
+        emulated,
         cpus,
         note: note.into(),
     }

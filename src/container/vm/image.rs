@@ -125,11 +125,16 @@ pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
     let dir = cache.join("rootfs");
     let seen = fingerprint(rootfs)?;
     let index = dir.join("seen").join(&seen);
-    if let Ok(key) = std::fs::read_to_string(&index) {
-        let image = dir.join(format!("{}.ext4", key.trim()));
-        if image.exists() {
-            return Ok(image);
-        }
+    if let Some(image) = known(&dir, &index) {
+        return Ok(image);
+    }
+    // One builder per tree: sandboxes of one bundle started at once wait for the first, then
+    // find its entry, instead of each hashing the tree and running mkfs.
+    let seen_dir = dir.join("seen");
+    std::fs::create_dir_all(&seen_dir).map_err(|e| Error::Cache(seen_dir, e))?;
+    let _builder = lock(&index.with_extension("lock"))?;
+    if let Some(image) = known(&dir, &index) {
+        return Ok(image);
     }
     let (key, bytes) = digest(rootfs)?;
     let image = dir.join(format!("{key}.ext4"));
@@ -144,6 +149,32 @@ pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
         }
     }
     Ok(image)
+}
+
+/// The image the index entry `index` names, if it exists.
+fn known(dir: &Path, index: &Path) -> Option<PathBuf> {
+    let key = std::fs::read_to_string(index).ok()?;
+    let image = dir.join(format!("{}.ext4", key.trim()));
+    image.exists().then_some(image)
+}
+
+/// An exclusive lock on `path` (created if need be), held while the file stays open.
+fn lock(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::Cache(path.to_path_buf(), e))?;
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::Cache(
+            path.to_path_buf(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
 }
 
 /// Builds `dir/KEY.ext4` from `rootfs` (`bytes` of content).

@@ -8,7 +8,7 @@
 mod image;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -266,9 +266,15 @@ fn monitor(
         Err(_) => 255,
     };
     // The agent restarts the guest when the process ends; give the VMM a moment to exit.
-    let deadline = Instant::now() + Duration::from_secs(2) * crate::host_check::slowdown();
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    let within = Duration::from_secs(2) * crate::host_check::slowdown();
+    match pidfd(child.id()) {
+        Some(exited) => wait_readable(&[], Some(&exited), within),
+        None => {
+            let deadline = Instant::now() + within;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -305,6 +311,9 @@ fn connect(
     const FALLBACK: Duration = Duration::from_millis(250);
     let start = Instant::now();
     let mut next_try = start + FALLBACK;
+    // Woken by the agent's word or the VMM's exit, not by a clock: every wakeup of a
+    // monitor is a timer tick the host pays for, fifty at once on an emulated host.
+    let exited = pidfd(vmm.id());
     loop {
         if let Ok(Some(status)) = vmm.try_wait() {
             return Err(format!(
@@ -318,17 +327,38 @@ fn connect(
             }
             next_try = Instant::now() + FALLBACK;
         }
-        if start.elapsed() > within {
+        let Some(left) = within.checked_sub(start.elapsed()) else {
             return Err(format!("the agent did not answer within {within:?}"));
-        }
-        let mut fd = libc::pollfd {
-            fd: ready.as_raw_fd(),
+        };
+        let wait = next_try.saturating_duration_since(Instant::now()).min(left);
+        wait_readable(&[ready.as_raw_fd()], exited.as_ref(), wait);
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (pidfd_open), if the kernel
+/// has them.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) on a pid, no flags; a valid result is a fresh fd we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: a fresh fd nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks until one of `fds` (or `pidfd`) is readable, or `within` passes.
+fn wait_readable(fds: &[i32], pidfd: Option<&OwnedFd>, within: Duration) {
+    let mut set: Vec<libc::pollfd> = (fds.iter().copied())
+        .chain(pidfd.map(AsRawFd::as_raw_fd))
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: poll on one live descriptor we own, for at most 10 ms.
-        unsafe { libc::poll(&mut fd, 1, 10) };
-    }
+        })
+        .collect();
+    let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX).max(1);
+    let n = libc::nfds_t::try_from(set.len()).unwrap_or_default();
+    // SAFETY: poll on live descriptors, for at most `ms`.
+    unsafe { libc::poll(set.as_mut_ptr(), n, ms) };
 }
 
 fn try_connect(uds: &Path) -> std::io::Result<UnixStream> {
