@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, unit tests, and the integration tests that boot real
-# guests under KVM (the test guest wherever /dev/kvm exists; the Linux guest where the host can
-# run it — the tests say why when it cannot). Builds and installs what is needed first.
+# guests under KVM. The test guest runs wherever /dev/kvm exists. The tests that boot our Linux
+# guest (microVM sandboxes, the Linux side of the devices) are ignored by a plain `cargo test`:
+# here they run directly on a hardware-KVM host, and elsewhere (a PVM host, say) inside the KVM
+# test machine (scripts/kvm-machine.sh: real kvm_amd under QEMU's software emulation).
+# The last line counts every test: `summary: N passed, N failed, N skipped`.
+# Builds and installs what is needed first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -10,14 +14,65 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-# One closing line over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
-     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+
+kind=$(target/release/gureum host-check --json 2>/dev/null | sed -n 's/.*"kind": "\([a-z-]*\)".*/\1/p' || true)
+# Under the checkout: the KVM test machine sees it, not this host's /tmp.
+mkdir -p target
+logs=$(mktemp -d "$root/target/test-logs.XXXXXX")
+trap 'rm -rf "$logs"' EXIT
+: > "$logs/machine"
+status=0
+if [ "$kind" = hardware ]; then
+  echo "== cargo test (this host has hardware KVM: the Linux-guest tests run here too)"
+  cargo test --workspace --all-targets -- --include-ignored 2>&1 | tee "$logs/host" || status=1
+else
+  echo "== cargo test (on this host)"
+  cargo test --workspace --all-targets 2>&1 | tee "$logs/host" || status=1
+  # The test binaries that hold Linux-guest tests, each with the directory cargo runs it in.
+  cargo test --workspace --all-targets --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"manifest_path":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p' \
+    | while read -r manifest exe; do
+        if "$exe" --list --ignored 2>/dev/null | grep -q ': test$'; then
+          echo "$(dirname "$manifest") $exe"
+        fi
+      done > "$logs/binaries"
+  echo "== cargo test -- --ignored, in the KVM test machine ($(wc -l < "$logs/binaries") test binaries, one machine each)"
+  while read -r dir exe; do
+    # A machine that itself fails (exit 125: its kernel crashed; see docs/host-kvm.md) is
+    # started once more for that binary; a failing test is never run again.
+    for attempt in 1 2; do
+      echo "     Running $exe --ignored (in the KVM test machine)"
+      set +e
+      "$root/scripts/kvm-machine.sh" --timeout 1800 -- bash -c 'cd "$1" && "$2" --ignored' \
+        machine "$dir" "$exe" 2>&1 < /dev/null | tee "$logs/one"
+      rc=${PIPESTATUS[0]}
+      set -e
+      [ "$rc" = 125 ] && [ "$attempt" = 1 ] || break
+      echo "== the KVM test machine itself failed (above), not a test: once more for this binary"
+    done
+    cat "$logs/one" >> "$logs/machine"
+    [ "$rc" = 0 ] || status=1
+  done < "$logs/binaries"
+fi
+
+# One closing line over every test binary, both runs. A test ignored on this host and not run
+# in the machine is skipped; one run in the machine counts once, as passed or failed.
+awk -v machine="$logs/machine" '
+  function count(file, what,   line, i, n, f) {
+    while ((getline line < file) > 0) {
+      if (line !~ /^test result:/) continue
+      n = split(line, f, " ")
+      for (i = 2; i <= n; i++) if (f[i] == what";" || f[i] == what) total[file, what] += f[i - 1]
+    }
+    close(file)
+  }
+  BEGIN {
+    host = ARGV[1]; ARGV[1] = ""
+    count(host, "passed"); count(host, "failed"); count(host, "ignored")
+    count(machine, "passed"); count(machine, "failed")
+    p = total[host, "passed"] + total[machine, "passed"]
+    f = total[host, "failed"] + total[machine, "failed"]
+    s = total[host, "ignored"] - total[machine, "passed"] - total[machine, "failed"]
+    printf "summary: %d passed, %d failed, %d skipped\n", p, f, s
+  }' "$logs/host"
 exit "$status"

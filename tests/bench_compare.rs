@@ -91,3 +91,38 @@ fn a_short_comparison_writes_json_markdown_and_charts() {
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Where Linux guests run (hardware KVM, or the KVM test machine), every VM kind is measured:
+/// the sandbox, our Linux guest under gureum and under QEMU, and a Firecracker row, here
+/// through a stand-in that boots the very config file the benchmark wrote for Firecracker.
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn every_vm_kind_is_measured_where_linux_guests_run() {
+    let out = common::scratch("compare-all");
+    let guest = common::test_guest().to_str().unwrap().to_string();
+    let standin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/firecracker-standin.sh");
+    let kinds = "native,runc,sandbox,microvm,qemu-microvm,microvm-test-guest,firecracker";
+    let child = Command::new(common::GUREUM)
+        .env("GUREUM_VMM", common::GUREUM)
+        .args(["bench", "compare", "--runs", "1", "--density", "0"])
+        .args(["--test-guest", &guest, "--only", kinds, "--firecracker"])
+        .arg(&standin)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = common::finish(child, Duration::from_secs(120));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    for kind in json["kinds"].as_array().unwrap() {
+        assert_eq!(kind["status"], "measured", "{kind}");
+        assert_eq!(kind["failed_runs"], 0, "{kind}");
+    }
+    assert_eq!(json["host"]["emulated"], common::slowdown() > 1);
+    std::fs::remove_dir_all(&out).unwrap();
+}

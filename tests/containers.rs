@@ -1,6 +1,6 @@
 //! Containers through the real `gureum` binary: a busybox bundle the tests build, run natively
-//! (namespaces + cgroups) here, and in a microVM wherever the host can run our Linux guest
-//! (on a PVM host the VM case checks the one-line refusal and says why it cannot run).
+//! (namespaces + cgroups), in a sandbox through the stand-in VMM, and in a real microVM (the
+//! `vm` cases, which need a host that runs our Linux guest: see `per_isolation!`).
 
 mod common;
 
@@ -8,13 +8,10 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, id, isolations, wait_for_status};
+use common::bundle::{Bundle, id, wait_for_status};
 use common::{GUREUM, finish};
 
-#[test]
-fn echo_and_exit_codes_and_a_missing_executable() {
-    isolations().into_iter().for_each(codes);
-}
+per_isolation!(echo_and_exit_codes_and_a_missing_executable => codes);
 
 fn codes(isolation: &'static str) {
     let b = Bundle::with_isolation(
@@ -42,10 +39,7 @@ fn codes(isolation: &'static str) {
     b.assert_gone(&id("missing"));
 }
 
-#[test]
-fn ten_megabytes_through_cat_with_stderr_apart() {
-    isolations().into_iter().for_each(cat);
-}
+per_isolation!(ten_megabytes_through_cat_with_stderr_apart => cat);
 
 fn cat(isolation: &'static str) {
     let b = Bundle::with_isolation(
@@ -67,7 +61,7 @@ fn cat(isolation: &'static str) {
     let writer = std::thread::spawn(move || stdin.write_all(&feed));
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    writer.join().unwrap().unwrap();
+    let fed = writer.join().unwrap();
     let mut err = String::new();
     child
         .stderr
@@ -76,16 +70,14 @@ fn cat(isolation: &'static str) {
         .read_to_string(&mut err)
         .unwrap();
     let status = child.wait().unwrap();
+    assert!(fed.is_ok(), "stdin: {fed:?}; exit {status}; stderr: {err}");
     assert_eq!(status.code(), Some(0), "{err}");
     assert_eq!(out.len(), data.len());
     assert!(out == data, "stdout differs from stdin");
     assert_eq!(err, "done\n");
 }
 
-#[test]
-fn sigterm_to_gureum_and_gureum_kill_end_the_process() {
-    isolations().into_iter().for_each(signals);
-}
+per_isolation!(sigterm_to_gureum_and_gureum_kill_end_the_process => signals);
 
 fn signals(isolation: &'static str) {
     let b = Bundle::with_isolation(
@@ -110,7 +102,7 @@ fn signals(isolation: &'static str) {
     let out = finish(child, Duration::from_secs(10));
     assert_eq!(out.code, Some(143), "{}", out.describe());
     assert!(
-        sent.elapsed() < Duration::from_secs(1),
+        sent.elapsed() < common::scaled(Duration::from_secs(1)),
         "{:?}",
         sent.elapsed()
     );
@@ -124,7 +116,7 @@ fn signals(isolation: &'static str) {
     let out = finish(child, Duration::from_secs(10));
     assert_eq!(out.code, Some(137), "{}", out.describe());
     assert!(
-        sent.elapsed() < Duration::from_secs(1),
+        sent.elapsed() < common::scaled(Duration::from_secs(1)),
         "{:?}",
         sent.elapsed()
     );
@@ -162,10 +154,7 @@ fn process_settings_are_applied() {
     );
 }
 
-#[test]
-fn lifecycle_create_start_state_exec_delete() {
-    isolations().into_iter().for_each(lifecycle);
-}
+per_isolation!(lifecycle_create_start_state_exec_delete => lifecycle);
 
 fn lifecycle(isolation: &'static str) {
     let b = Bundle::with_isolation(
@@ -239,19 +228,26 @@ fn lifecycle(isolation: &'static str) {
     );
 }
 
-#[test]
-fn twenty_containers_at_once_leave_nothing_behind() {
-    isolations().into_iter().for_each(twenty);
-}
+per_isolation!(many_containers_at_once_leave_nothing_behind => many);
 
-fn twenty(isolation: &'static str) {
+/// 20 containers started at once (50 real microVMs), each printing its line; then nothing of
+/// theirs is left: no process, open file, mount, cgroup, network device or state. In an
+/// emulated machine (the KVM test machine) 10 microVMs: there 50 Linux guests booting at once
+/// on two emulated CPUs thrash (5 of 50 had finished after 10 minutes, measured 2026-11-30).
+fn many(isolation: &'static str) {
+    let count = match isolation {
+        "vm" if common::slowdown() > 1 => 10,
+        "vm" => 50,
+        _ => 20,
+    };
     let b = Bundle::with_isolation(
-        "twenty",
+        "many",
         serde_json::json!({"args": ["sh", "-c", "echo $(hostname) ok"]}),
         isolation,
     );
+    let links_before = net_devices();
     let bundle = b.dir.to_str().unwrap().to_string();
-    let children: Vec<_> = (0..20)
+    let children: Vec<_> = (0..count)
         .map(|i| {
             let name = id(&format!("many{i}"));
             let child = b
@@ -272,6 +268,34 @@ fn twenty(isolation: &'static str) {
     }
     let left = std::fs::read_dir(&b.root).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "state directories left behind");
+    let held = open_files_under(&[&b.root, &b.dir]);
+    assert!(held.is_empty(), "files still open: {held:?}");
+    assert_eq!(net_devices(), links_before, "network devices left behind");
+}
+
+/// This network namespace's devices.
+fn net_devices() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Open descriptors of any process on this host that point under one of `dirs`.
+fn open_files_under(dirs: &[&std::path::Path]) -> Vec<String> {
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    procs
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        })
+        .filter(|target| dirs.iter().any(|d| target.starts_with(d)))
+        .map(|t| t.display().to_string())
+        .collect()
 }
 
 #[test]
@@ -340,17 +364,17 @@ fn bad_input_is_one_clear_error_and_leaves_nothing() {
     assert!(out.stderr.contains("unknown signal"), "{}", out.describe());
 }
 
-#[test]
-fn microvm_isolation_runs_where_the_host_can_run_linux() {
+/// Runs `echo` in a microVM (without the stand-in): its output and exit status.
+fn run_in_a_microvm(tag: &str) -> (Bundle, common::Output) {
     let b = Bundle::new(
-        "vm",
+        tag,
         serde_json::json!({"args": ["echo", "hello from a microVM"]}),
     );
     let bundle = b.dir.to_str().unwrap().to_string();
     let mut cmd = Command::new(GUREUM);
     cmd.arg("--root")
         .arg(&b.root)
-        .args(["run", "--bundle", &bundle, &id("vm")]);
+        .args(["run", "--bundle", &bundle, &id(tag)]);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -358,22 +382,35 @@ fn microvm_isolation_runs_where_the_host_can_run_linux() {
         .spawn()
         .unwrap();
     let out = finish(child, Duration::from_secs(60));
-    if common::host_is_pvm() {
-        eprintln!(
-            "microVM isolation not run: this host's KVM is PVM, where a Linux guest's userspace cannot run"
-        );
-        assert_eq!(out.code, Some(1), "{}", out.describe());
-        assert!(
-            out.stderr.contains("PVM") && out.stderr.contains("--isolation native"),
-            "{}",
-            out.describe()
-        );
-        assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
-    } else {
-        assert_eq!(out.code, Some(0), "{}", out.describe());
-        assert_eq!(out.stdout, "hello from a microVM\n");
-    }
+    (b, out)
+}
+
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn microvm_isolation_is_the_default() {
+    let (b, out) = run_in_a_microvm("vm");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "hello from a microVM\n");
     b.assert_gone(&id("vm"));
+}
+
+/// On a PVM host, where our Linux guest's userspace cannot run, a microVM container is refused
+/// at once in one line that names the way out.
+#[test]
+fn a_pvm_host_refuses_microvm_isolation_in_one_line() {
+    if !common::host_is_pvm() {
+        eprintln!("not applicable: this host's KVM is not PVM");
+        return;
+    }
+    let (b, out) = run_in_a_microvm("pvm");
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("PVM") && out.stderr.contains("--isolation native"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+    b.assert_gone(&id("pvm"));
 }
 
 #[test]
@@ -406,10 +443,7 @@ fn a_user_namespace_maps_the_container_root_to_an_unprivileged_host_user() {
     b.assert_gone(&id("userns"));
 }
 
-#[test]
-fn kill_all_signals_every_process_of_the_container() {
-    isolations().into_iter().for_each(kill_all);
-}
+per_isolation!(kill_all_signals_every_process_of_the_container => kill_all);
 
 fn kill_all(isolation: &'static str) {
     let script = "trap 'echo trapped' TERM; sleep 60 & sleep 60; wait; echo done";

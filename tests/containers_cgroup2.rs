@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, cgroup_controllers, cgroup2, id, isolations, wait_for_status};
+use common::bundle::{Bundle, cgroup_controllers, cgroup2, id, wait_for_status};
 
 fn bundle(tag: &str, process: serde_json::Value, isolation: &'static str) -> Option<Bundle> {
     let Some((root, named)) = cgroup2() else {
@@ -20,10 +20,7 @@ fn bundle(tag: &str, process: serde_json::Value, isolation: &'static str) -> Opt
     Some(b.in_cgroup2(named.then_some(root), process))
 }
 
-#[test]
-fn pause_resume_and_delete_use_the_cgroup2_files() {
-    isolations().into_iter().for_each(pause_resume_delete);
-}
+per_isolation!(pause_resume_and_delete_use_the_cgroup2_files => pause_resume_delete);
 
 fn pause_resume_delete(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sleep", "30"]});
@@ -59,7 +56,7 @@ fn pause_resume_delete(isolation: &'static str) {
     let start = Instant::now();
     let out = b.gureum(&["delete", "--force", &name]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(start.elapsed() < common::scaled(Duration::from_secs(5)));
     b.assert_gone(&name);
 }
 

@@ -9,12 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, id, isolations, wait_for_status};
+use common::bundle::{Bundle, id, wait_for_status};
 
-#[test]
-fn exec_detached_writes_a_pid_that_stands_for_the_process() {
-    isolations().into_iter().for_each(exec_detached);
-}
+per_isolation!(exec_detached_writes_a_pid_that_stands_for_the_process => exec_detached);
 
 /// How many processes in the container run `sleep 27` (through a second exec).
 fn sleepers(b: &Bundle, name: &str) -> String {
@@ -44,14 +41,17 @@ fn exec_detached(isolation: &'static str) {
     let started = Instant::now();
     let exec = exec_d();
     assert!(exec.success(), "{isolation}");
-    assert!(started.elapsed() < Duration::from_secs(5), "exec -d waited");
+    assert!(
+        started.elapsed() < common::scaled(Duration::from_secs(5)),
+        "exec -d waited"
+    );
     // SIGTERM is passed on; SIGKILL (of gureum's relay, in a sandbox) ends the process too.
     for sig in [libc::SIGTERM, libc::SIGKILL] {
         if sig == libc::SIGKILL {
             assert!(exec_d().success());
         }
         let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
         while sleepers(&b, &name) != "1" {
             assert!(
                 Instant::now() < deadline,
@@ -61,7 +61,7 @@ fn exec_detached(isolation: &'static str) {
         }
         // SAFETY: signals the process the pid file names (ours, or gureum's relay for it).
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
         while sleepers(&b, &name) != "0" {
             assert!(
                 Instant::now() < deadline,
@@ -74,10 +74,7 @@ fn exec_detached(isolation: &'static str) {
     b.assert_gone(&name);
 }
 
-#[test]
-fn pause_freezes_the_container_and_resume_thaws_it() {
-    isolations().into_iter().for_each(pause_resume);
-}
+per_isolation!(pause_freezes_the_container_and_resume_thaws_it => pause_resume);
 
 fn pause_resume(isolation: &'static str) {
     let script = "while true; do echo tick; sleep 0.02; done";
@@ -98,12 +95,15 @@ fn pause_resume(isolation: &'static str) {
         }
         false
     };
-    assert!(grows(Duration::from_secs(5)), "{isolation}: not running");
+    assert!(
+        grows(common::scaled(Duration::from_secs(5))),
+        "{isolation}: not running"
+    );
     let paused = b.gureum(&["pause", &name]);
     assert_eq!(paused.code, Some(0), "{}", paused.describe());
     assert_eq!(wait_for_status(&b, &name, "paused")["status"], "paused");
     assert!(
-        !grows(Duration::from_millis(300)),
+        !grows(common::scaled(Duration::from_millis(300))),
         "{isolation}: ran while paused"
     );
     // Paused is not running: a second pause is refused; delete needs --force.
@@ -111,17 +111,17 @@ fn pause_resume(isolation: &'static str) {
     assert_eq!(b.gureum(&["delete", &name]).code, Some(1));
     assert_eq!(b.gureum(&["resume", &name]).code, Some(0));
     assert_eq!(wait_for_status(&b, &name, "running")["status"], "running");
-    assert!(grows(Duration::from_secs(5)), "{isolation}: still frozen");
+    assert!(
+        grows(common::scaled(Duration::from_secs(5))),
+        "{isolation}: still frozen"
+    );
     // A paused container can be deleted by force: it is thawed, then killed.
     assert_eq!(b.gureum(&["pause", &name]).code, Some(0));
     assert_eq!(b.gureum(&["delete", "--force", &name]).code, Some(0));
     b.assert_gone(&name);
 }
 
-#[test]
-fn update_changes_the_limits_it_names() {
-    isolations().into_iter().for_each(update);
-}
+per_isolation!(update_changes_the_limits_it_names => update);
 
 fn update(isolation: &'static str) {
     let b = Bundle::with_isolation(
@@ -189,10 +189,7 @@ fn update(isolation: &'static str) {
     b.assert_gone(&name);
 }
 
-#[test]
-fn ps_lists_the_container_s_processes_on_this_host() {
-    isolations().into_iter().for_each(ps);
-}
+per_isolation!(ps_lists_the_container_s_processes_on_this_host => ps);
 
 fn ps(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sh", "-c", "sleep 29 & sleep 30"]});
@@ -206,7 +203,7 @@ fn ps(isolation: &'static str) {
     } else {
         "vsock"
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
     loop {
         let json = b.gureum(&["ps", "--format", "json", &name]);
         let pids: Vec<i64> = serde_json::from_str(&json.stdout).unwrap();
@@ -223,10 +220,7 @@ fn ps(isolation: &'static str) {
     b.assert_gone(&name);
 }
 
-#[test]
-fn every_process_of_a_container_is_in_its_cgroups() {
-    isolations().into_iter().for_each(in_cgroups);
-}
+per_isolation!(every_process_of_a_container_is_in_its_cgroups => in_cgroups);
 
 /// `/proc/PID/cgroup` puts the process in `gureum/<name>` in each hierarchy gureum uses.
 fn assert_in_cgroups(text: &str, name: &str, who: &str) {

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::Output;
-use common::bundle::{Bundle, cgroup_layouts, id, isolations};
+use common::bundle::{Bundle, cgroup_layouts, id};
 
 /// The capability masks a process in the container reports: (Inh, Prm, Eff, Bnd, Amb).
 fn cap_masks(stdout: &str) -> Vec<(String, u64)> {
@@ -37,10 +37,7 @@ const CHOWN: u64 = 1;
 const KILL: u64 = 1 << 5;
 const NET_BIND_SERVICE: u64 = 1 << 10;
 
-#[test]
-fn capabilities_are_the_spec_s() {
-    isolations().into_iter().for_each(capabilities);
-}
+per_isolation!(capabilities_are_the_spec_s => capabilities);
 
 fn capabilities(isolation: &'static str) {
     let script = "grep ^Cap /proc/self/status; chown 5 /tmp && echo chown-ok; \
@@ -97,10 +94,7 @@ fn without_capabilities_in_the_spec_root_keeps_the_runtime_s() {
     assert_eq!(out.stdout.trim(), ours, "{}", out.describe());
 }
 
-#[test]
-fn seccomp_denies_what_the_profile_denies() {
-    isolations().into_iter().for_each(seccomp);
-}
+per_isolation!(seccomp_denies_what_the_profile_denies => seccomp);
 
 fn seccomp(isolation: &'static str) {
     let script = "mkdir /tmp/d; [ -d /tmp/d ] || echo no-dir; \
@@ -129,10 +123,7 @@ fn seccomp(isolation: &'static str) {
     b.assert_gone(&id("seccomp"));
 }
 
-#[test]
-fn a_default_deny_profile_allows_only_its_list() {
-    isolations().into_iter().for_each(allow_list);
-}
+per_isolation!(a_default_deny_profile_allows_only_its_list => allow_list);
 
 fn allow_list(isolation: &'static str) {
     // Every syscall but mkdir(at), as a long allow list (the base filter), denied by default;
@@ -172,10 +163,7 @@ fn unsupported_seccomp_is_one_clear_error() {
     b.assert_gone(&id("notify"));
 }
 
-#[test]
-fn sysctls_in_the_container_s_namespaces_are_set_and_others_refused() {
-    isolations().into_iter().for_each(sysctls);
-}
+per_isolation!(sysctls_in_the_container_s_namespaces_are_set_and_others_refused => sysctls);
 
 fn sysctls(isolation: &'static str) {
     let script = "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni";
@@ -375,9 +363,10 @@ fn a_failing_poststart_hook_is_a_warning() {
     b.assert_gone(&id("posthook"));
 }
 
-#[test]
-fn a_sandbox_runs_its_runtime_hooks_and_refuses_container_ones() {
-    for isolation in isolations().into_iter().filter(|&i| i != "native") {
+per_isolation!(a_sandbox_runs_its_runtime_hooks_and_refuses_container_ones => sandbox_hooks; standin, vm);
+
+fn sandbox_hooks(isolation: &'static str) {
+    {
         let b = Bundle::with_isolation("vmhooks", serde_json::json!({"args": ["true"]}), isolation);
         let out_dir = b.dir.join("hooks-out");
         std::fs::create_dir(&out_dir).unwrap();

@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::bundle::{Bundle, id, isolations, wait_for_status};
+use common::bundle::{Bundle, id, wait_for_status};
 use common::finish;
 
 /// A gureum command whose stdin and stdout are a pty this test holds, and what it has printed.
@@ -70,7 +70,8 @@ impl Session {
     /// Waits up to 10 s for `s` to appear.
     fn until(&self, s: &str) -> bool {
         let start = Instant::now();
-        while !self.text().contains(s) && start.elapsed() < Duration::from_secs(10) {
+        while !self.text().contains(s) && start.elapsed() < common::scaled(Duration::from_secs(10))
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.text().contains(s)
@@ -85,10 +86,7 @@ impl Session {
     }
 }
 
-#[test]
-fn a_tty_session_echoes_typed_input() {
-    isolations().into_iter().for_each(tty_session);
-}
+per_isolation!(a_tty_session_echoes_typed_input => tty_session);
 
 fn tty_session(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sh"], "terminal": true});
@@ -107,10 +105,7 @@ fn tty_session(isolation: &'static str) {
     assert_eq!(out.code, Some(5), "{isolation}: {}", out.describe());
 }
 
-#[test]
-fn exec_with_a_terminal_into_a_running_container() {
-    isolations().into_iter().for_each(exec_tty);
-}
+per_isolation!(exec_with_a_terminal_into_a_running_container => exec_tty);
 
 fn exec_tty(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sleep", "30"]});
@@ -156,10 +151,7 @@ fn receive_fd(conn: &std::os::unix::net::UnixStream) -> OwnedFd {
     }
 }
 
-#[test]
-fn create_hands_the_terminal_to_the_console_socket() {
-    isolations().into_iter().for_each(console_socket);
-}
+per_isolation!(create_hands_the_terminal_to_the_console_socket => console_socket);
 
 fn console_socket(isolation: &'static str) {
     let process = serde_json::json!({"args": ["sh", "-c", "echo on $(tty); read x; echo got $x"],
@@ -188,7 +180,7 @@ fn console_socket(isolation: &'static str) {
     let start = Instant::now();
     while !String::from_utf8_lossy(&seen).contains("got hello") {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < common::scaled(Duration::from_secs(10)),
             "{:?}",
             String::from_utf8_lossy(&seen)
         );

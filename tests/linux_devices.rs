@@ -26,7 +26,7 @@ fn vmlinux() -> PathBuf {
 /// A 32 MiB ext4 image holding busybox and the init above.
 fn root_image(dir: &Path, init: &str) -> PathBuf {
     let root = dir.join("root");
-    for d in ["bin", "proc", "dev", "tmp"] {
+    for d in ["bin", "proc", "dev", "tmp", "sys"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
@@ -57,14 +57,9 @@ fn synced(token: &str) -> impl Fn(&str) -> bool + '_ {
 }
 
 #[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
 fn ext4_root_write_sync_survives_sigkill_under_gureum() {
     require_kvm!();
-    if common::host_is_pvm() {
-        eprintln!(
-            "not run: this host's KVM is PVM, where a Linux guest's userspace cannot run; the guest half runs under TCG in ext4_root_under_tcg"
-        );
-        return;
-    }
     let dir = common::scratch("linux-ext4");
     let image = root_image(&dir, INIT);
     let token = common::token();
@@ -80,7 +75,7 @@ fn ext4_root_write_sync_survives_sigkill_under_gureum() {
         "--cmdline",
         &cmdline,
         "--timeout",
-        "60",
+        &common::timeout_secs(60),
     ];
     let (lines, met) = common::run_until(&args, synced(&token), Duration::from_secs(60));
     assert!(met, "{}", lines.join("\n"));
@@ -145,36 +140,45 @@ fn host_side(
         .unwrap()
         .to_string();
     ns.run(move || {
+        // Every wait has an end, so a guest that never answers fails the test, never hangs it.
+        let deadline = std::time::Instant::now() + common::scaled(Duration::from_secs(100));
+        let stall = Some(common::scaled(Duration::from_secs(20)));
         let listener = std::net::TcpListener::bind("10.0.2.1:5002").unwrap();
-        let start = std::time::Instant::now();
         let mut s = loop {
             match std::net::TcpStream::connect((GUEST_IP, 5001)) {
                 Ok(s) => break s,
-                Err(_) if start.elapsed() < Duration::from_secs(100) => {
+                Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(e) => panic!("connect to the guest: {e}"),
             }
         };
-        s.write_all(&data).unwrap();
+        s.set_write_timeout(stall).unwrap();
+        s.write_all(&data).expect("send to the guest");
         drop(s);
-        let (mut back, _) = listener.accept().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut back = loop {
+            match listener.accept() {
+                Ok((back, _)) => break back,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("the guest never connected back: {e}"),
+            }
+        };
+        back.set_nonblocking(false).unwrap();
+        back.set_read_timeout(stall).unwrap();
         let mut got = Vec::new();
-        back.read_to_end(&mut got).unwrap();
+        back.read_to_end(&mut got).expect("receive from the guest");
         assert!(got.iter().all(|b| *b == 0), "zeros back");
         (sum, got.len())
     })
 }
 
 #[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
 fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
     require_kvm!();
-    if common::host_is_pvm() {
-        eprintln!(
-            "not run: this host's KVM is PVM, where a Linux guest's userspace cannot run; the guest half runs under TCG in tcp_over_a_tap_under_tcg"
-        );
-        return;
-    }
     let dir = common::scratch("linux-tcp");
     let image = root_image(&dir, TCP_INIT);
     let tap = "gtcp0";
@@ -198,7 +202,7 @@ fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
                 "--cmdline",
                 &cmdline,
                 "--timeout",
-                "120",
+                &common::timeout_secs(120),
             ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -207,7 +211,9 @@ fn tcp_over_a_tap_under_gureum_100_mb_each_way() {
             .unwrap(),
         Duration::from_secs(150),
     );
-    let (sum, back) = host.join().unwrap();
+    let host = host.join();
+    eprintln!("gureum: {:?}", out.elapsed);
+    let (sum, back) = host.unwrap_or_else(|_| panic!("the host side failed\n{}", out.describe()));
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert!(
         out.stdout.contains(&format!("gureum-test: received {sum}")),
@@ -254,4 +260,56 @@ fn tcp_over_a_tap_under_tcg() {
     );
     assert_eq!(back, mb << 20);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+const RNG_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t sysfs sys /sys
+echo "gureum-test: rng $(/bin/busybox cat /sys/class/misc/hw_random/rng_current)"
+echo "gureum-test: bytes $(/bin/busybox head -c 32 /dev/hwrng | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \n')"
+/bin/busybox reboot -f
+"#;
+
+/// `--rng`: the Linux guest's hw_random core picks virtio_rng and reads bytes from it.
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn rng_feeds_the_linux_guest_s_hwrng() {
+    let dir = common::scratch("linux-rng");
+    let image = root_image(&dir, RNG_INIT);
+    let kernel = vmlinux().display().to_string();
+    let disk = format!("{},root", image.display());
+    let cmdline = "console=ttyS0 reboot=k panic=1 pci=off quiet init=/init";
+    let out = common::gureum_with_deadline(
+        &[
+            "boot",
+            "--kernel",
+            &kernel,
+            "--disk",
+            &disk,
+            "--rng",
+            "--cmdline",
+            cmdline,
+            "--timeout",
+            &common::timeout_secs(60),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let line = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("gureum-test: {key} ")))
+            .unwrap_or_else(|| panic!("no {key} line\n{}", out.describe()))
+            .to_string()
+    };
+    assert!(line("rng").starts_with("virtio_rng"), "{}", out.describe());
+    let bytes = line("bytes");
+    assert_eq!(bytes.len(), 64, "32 bytes from /dev/hwrng: {bytes}");
+    assert!(
+        bytes
+            .as_bytes()
+            .chunks(2)
+            .any(|b| b != &bytes.as_bytes()[..2]),
+        "not one byte repeated: {bytes}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

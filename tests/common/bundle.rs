@@ -18,21 +18,6 @@ pub struct Bundle {
     pub cgroup2: Option<PathBuf>,
 }
 
-/// The isolations to run each case in: natively always; in a microVM where the host can run our
-/// Linux guest; on a PVM host, where no guest's userspace can run, in a sandbox whose VMM is a
-/// stand-in serving the agent natively ("standin"), which proves gureum's and the agent's side.
-pub fn isolations() -> Vec<&'static str> {
-    if super::host_is_pvm() {
-        eprintln!(
-            "microVM isolation through the stand-in VMM (tests/fixtures/standin-vmm.sh): \
-             this host's KVM is PVM, where no guest's userspace can run"
-        );
-        vec!["native", "standin"]
-    } else {
-        vec!["native", "vm"]
-    }
-}
-
 /// gureum-agent built for this host, for the stand-in VMM: built (or found up to date) once
 /// per test binary, as `cargo test` of this package alone does not build it.
 fn agent_bin() -> &'static Path {
@@ -226,7 +211,7 @@ impl Bundle {
         };
         while alive() {
             assert!(
-                start.elapsed() < Duration::from_secs(3),
+                start.elapsed() < super::scaled(Duration::from_secs(3)),
                 "a VMM of {id} left running"
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -266,10 +251,10 @@ pub fn wait_for_status(b: &Bundle, id: &str, want: &str) -> serde_json::Value {
             return state;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < super::scaled(Duration::from_secs(10)),
             "{id} never {want}: {}",
             out.describe()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

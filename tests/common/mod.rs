@@ -53,6 +53,35 @@ pub fn test_guest() -> &'static Path {
     })
 }
 
+/// How many times slower than a host with hardware KVM this one runs: 1, or 20 in a machine
+/// that is itself emulated (the KVM test machine, whose CPUID hypervisor signature is QEMU
+/// TCG's), where a sandbox boots in seconds rather than a tenth of one. Every deadline a test
+/// sets is `scaled`, so it measures the same thing on both.
+pub fn slowdown() -> u32 {
+    static SLOWDOWN: OnceLock<u32> = OnceLock::new();
+    *SLOWDOWN.get_or_init(|| {
+        if std::arch::x86_64::__cpuid(1).ecx & (1 << 31) == 0 {
+            return 1;
+        }
+        let leaf = std::arch::x86_64::__cpuid(0x4000_0000);
+        let sig: Vec<u8> = [leaf.ebx, leaf.ecx, leaf.edx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        if sig == b"TCGTCGTCGTCG" { 20 } else { 1 }
+    })
+}
+
+/// A `--timeout` value of `secs` seconds, stretched by [`slowdown`].
+pub fn timeout_secs(secs: u32) -> String {
+    (secs * slowdown()).to_string()
+}
+
+/// `d` stretched by [`slowdown`].
+pub fn scaled(d: Duration) -> Duration {
+    d * slowdown()
+}
+
 /// Whether this host has KVM. Where it does, KVM tests always run.
 pub fn kvm_available() -> bool {
     Path::new("/dev/kvm").exists()
@@ -65,6 +94,38 @@ macro_rules! require_kvm {
         if !common::kvm_available() {
             eprintln!("skipped: this host has no /dev/kvm");
             return;
+        }
+    };
+}
+
+/// One test per isolation for a case `fn(&'static str)`: `NAME::native`, `NAME::standin` (the
+/// sandbox's host half and the agent through the stand-in VMM, on any host) and `NAME::vm` (a
+/// real microVM). A case that boots our Linux guest needs hardware-assisted KVM, so a plain
+/// `cargo test` ignores it (and counts it so); `scripts/test.sh` runs it with
+/// `--include-ignored` on such a host and with `--ignored` inside the KVM test machine
+/// (scripts/kvm-machine.sh) elsewhere: every such test runs, or is counted as skipped.
+/// `per_isolation!(NAME => case; standin, vm)` names the isolations to run.
+#[macro_export]
+macro_rules! per_isolation {
+    ($name:ident => $case:ident) => {
+        $crate::per_isolation!($name => $case; native, standin, vm);
+    };
+    ($name:ident => $case:ident; $($iso:ident),+) => {
+        mod $name {
+            $( $crate::per_isolation!(@one $iso $case); )+
+        }
+    };
+    (@one vm $case:ident) => {
+        #[test]
+        #[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+        fn vm() {
+            super::$case("vm")
+        }
+    };
+    (@one $iso:ident $case:ident) => {
+        #[test]
+        fn $iso() {
+            super::$case(stringify!($iso))
         }
     };
 }
@@ -88,9 +149,14 @@ pub fn spawn(args: &[&str], stdin: Option<&[u8]>) -> Child {
     child
 }
 
-/// Wait for `child` up to `deadline`; kill it past that. Collects its output.
+/// Wait for `child` up to `deadline` (scaled); kill it past that. Collects its output, read
+/// as it comes (a chatty child never blocks on a full pipe). After a kill, the output is
+/// awaited for 5 s at most: a sandbox's monitor or VMM may still hold the pipes.
 pub fn finish(mut child: Child, deadline: Duration) -> Output {
+    let deadline = scaled(deadline);
     let start = Instant::now();
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -100,18 +166,12 @@ pub fn finish(mut child: Child, deadline: Duration) -> Output {
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(20));
     };
     let elapsed = start.elapsed();
-    let read = |r: Option<&mut dyn std::io::Read>| {
-        let mut s = String::new();
-        if let Some(r) = r {
-            let _ = r.read_to_string(&mut s);
-        }
-        s
-    };
-    let stdout = read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
-    let stderr = read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+    let wait = status.map_or(Some(Duration::from_secs(5)), |_| None);
+    let stdout = stdout.map(|d| d.collect(wait)).unwrap_or_default();
+    let stderr = stderr.map(|d| d.collect(wait)).unwrap_or_default();
     assert!(
         status.is_some(),
         "gureum did not finish within {deadline:?}\n{stdout}\n{stderr}"
@@ -124,9 +184,46 @@ pub fn finish(mut child: Child, deadline: Duration) -> Output {
     }
 }
 
+/// A pipe read to its end on a thread of its own.
+pub struct Drain(
+    std::sync::mpsc::Receiver<Vec<u8>>,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+);
+
+pub fn drain(mut r: impl std::io::Read + Send + 'static) -> Drain {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let so_far = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            so_far.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send(std::mem::take(&mut *so_far.lock().unwrap()));
+    });
+    Drain(rx, seen)
+}
+
+impl Drain {
+    /// Everything, once the writers are gone; or, after `within`, what came so far.
+    pub fn collect(self, within: Option<Duration>) -> String {
+        let all = match within {
+            None => self.0.recv().ok(),
+            Some(d) => self.0.recv_timeout(d).ok(),
+        };
+        let bytes = all.unwrap_or_else(|| self.1.lock().unwrap().clone());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 /// Run gureum to completion (30 s at most).
 pub fn gureum(args: &[&str]) -> Output {
-    finish(spawn(args, None), Duration::from_secs(30))
+    gureum_with_deadline(args, Duration::from_secs(30))
+}
+
+/// Run gureum to completion (`deadline` at most, scaled).
+pub fn gureum_with_deadline(args: &[&str], deadline: Duration) -> Output {
+    finish(spawn(args, None), deadline)
 }
 
 /// Boot the test guest with `extra` flags.
@@ -241,6 +338,7 @@ pub fn run_command_until(
             }
         }
     });
+    let deadline = scaled(deadline);
     let start = Instant::now();
     let mut lines = Vec::new();
     let mut met = false;
