@@ -24,15 +24,15 @@ trap 'rm -rf "$logs"' EXIT
 status=0
 if [ "$kind" = hardware ]; then
   echo "== cargo test (this host has hardware KVM: the Linux-guest tests run here too)"
-  cargo test --workspace --all-targets -- --include-ignored 2>&1 | tee "$logs/host" || status=1
+  cargo test --workspace --all-targets --no-fail-fast -- --include-ignored 2>&1 | tee "$logs/host" || status=1
 else
   echo "== cargo test (on this host)"
-  cargo test --workspace --all-targets 2>&1 | tee "$logs/host" || status=1
+  cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$logs/host" || status=1
   # The test binaries that hold Linux-guest tests, each with the directory cargo runs it in.
   cargo test --workspace --all-targets --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"manifest_path":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p' \
     | while read -r manifest exe; do
-        if "$exe" --list --ignored 2>/dev/null | grep -q ': test$'; then
+        if "$exe" --list --ignored 2>/dev/null < /dev/null | grep -q ': test$'; then
           echo "$(dirname "$manifest") $exe"
         fi
       done > "$logs/binaries"

@@ -118,32 +118,23 @@ fn find_port(name: &str) -> Result<String, String> {
 /// listens, it tells the host through a connection of its own to host port `ready`, so the host
 /// need not poll a booting guest.
 fn serve_vsock(port: u32, ready: Option<u32>) -> Result<(), String> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("vsock socket: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero sockaddr_vm is valid; the fields are set below.
-    let mut addr = unsafe { std::mem::zeroed::<libc::sockaddr_vm>() };
-    addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
-    addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    let len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or_default();
-    // SAFETY: bind and listen on our socket with a valid address of the given length.
+    let vsock_err = |e: std::io::Error| format!("vsock port {port}: {e}");
+    let (listener, addr) = vsock(libc::VMADDR_CID_ANY, port).map_err(vsock_err)?;
+    // SAFETY: bind and listen on our socket with a valid address of its size.
     let rc = unsafe {
-        if libc::bind(fd, (&raw const addr).cast(), len) != 0 {
+        if libc::bind(
+            listener.as_raw_fd(),
+            (&raw const addr).cast(),
+            addr_len(&addr),
+        ) != 0
+        {
             -1
         } else {
-            libc::listen(fd, 16)
+            libc::listen(listener.as_raw_fd(), 16)
         }
     };
     if rc != 0 {
-        return Err(format!(
-            "vsock port {port}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(vsock_err(std::io::Error::last_os_error()));
     }
     if let Some(Err(e)) = ready.map(announce_vsock) {
         eprintln!("gureum-agent: cannot tell the host it is ready: {e}");
@@ -153,24 +144,40 @@ fn serve_vsock(port: u32, ready: Option<u32>) -> Result<(), String> {
 
 /// One connection to the host (CID 2) on vsock `port`, closed at once: "listening now".
 fn announce_vsock(port: u32) -> std::io::Result<()> {
+    let (socket, addr) = vsock(libc::VMADDR_CID_HOST, port)?;
+    // SAFETY: connect our socket to a valid address of its size.
+    if unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            addr_len(&addr),
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new vsock stream socket, and the address of `port` at `cid`.
+fn vsock(cid: u32, port: u32) -> std::io::Result<(OwnedFd, libc::sockaddr_vm)> {
     // SAFETY: socket(2) with constant arguments; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: a fresh fd nobody else owns; closed when dropped.
-    let _socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: an all-zero sockaddr_vm is valid; the fields are set below.
     let mut addr = unsafe { std::mem::zeroed::<libc::sockaddr_vm>() };
     addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
     addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_HOST;
-    let len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or_default();
-    // SAFETY: connect our socket to a valid address of the given length.
-    if unsafe { libc::connect(fd, (&raw const addr).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    addr.svm_cid = cid;
+    Ok((socket, addr))
+}
+
+fn addr_len(addr: &libc::sockaddr_vm) -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of_val(addr)).unwrap_or_default()
 }
 
 /// The first connection is the container's process, and the agent's work ends with it; every

@@ -237,8 +237,20 @@ impl Drop for Bundle {
     }
 }
 
+/// A container id for this test. The isolations of one case run at once in one process, and
+/// an id names host-wide things (cgroups): the isolation, from the test's name, sets them apart.
 pub fn id(tag: &str) -> String {
-    format!("{tag}-{}", std::process::id())
+    let test = std::thread::current()
+        .name()
+        .unwrap_or_default()
+        .to_string();
+    let isolation = test
+        .rsplit("::")
+        .next()
+        .filter(|s| ["native", "standin", "vm"].contains(s))
+        .unwrap_or("t")
+        .to_string();
+    format!("{tag}-{}-{isolation}", std::process::id())
 }
 
 pub fn wait_for_status(b: &Bundle, id: &str, want: &str) -> serde_json::Value {

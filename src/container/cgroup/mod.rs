@@ -165,12 +165,14 @@ impl Cgroup {
     }
 
     fn try_create(&self, r: &Resources) -> Result<(), Error> {
+        let _parents = self.own_parent.then(parents_lock);
         if self.v2 {
             self.enable_controllers()?;
         }
         for dir in self.dirs() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::Io(dir, e))?;
         }
+        drop(_parents);
         if let Err(e) = self.limit(r) {
             self.remove();
             return Err(e);
@@ -436,13 +438,41 @@ impl Cgroup {
                     _ => break,
                 }
             }
-            // gureum's own parent goes with its last container: rmdir fails while another
-            // container's cgroup is in it.
-            if let Some(parent) = dir.parent().filter(|_| self.own_parent) {
+        }
+        if self.own_parent {
+            self.remove_parents();
+        }
+    }
+
+    /// gureum's own parent goes with its last container. Not trusting rmdir to refuse a
+    /// cgroup that still has children (a 6.18 kernel's v1 hierarchies removed one that did),
+    /// it looks first, under the lock that creation takes too.
+    fn remove_parents(&self) {
+        let _parents = parents_lock();
+        for dir in self.dirs().iter().filter(|d| !d.exists()) {
+            let Some(parent) = dir.parent() else { continue };
+            let children = std::fs::read_dir(parent)
+                .map(|d| d.flatten().any(|e| e.path().is_dir()))
+                .unwrap_or(true);
+            if !children {
                 let _ = std::fs::remove_dir(parent);
             }
         }
     }
+}
+
+/// The lock held while gureum's own parent cgroups are made or removed (None if it cannot
+/// be had: then nothing is removed, at worst an empty directory stays).
+fn parents_lock() -> Option<std::fs::File> {
+    std::fs::create_dir_all("/run/lock").ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/gureum-cgroups.lock")
+        .ok()?;
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(file)
 }
 
 #[cfg(test)]

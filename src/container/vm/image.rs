@@ -130,9 +130,9 @@ pub fn rootfs_image(rootfs: &Path, cache: &Path) -> Result<PathBuf, Error> {
     }
     // One builder per tree: sandboxes of one bundle started at once wait for the first, then
     // find its entry, instead of each hashing the tree and running mkfs.
-    let seen_dir = dir.join("seen");
-    std::fs::create_dir_all(&seen_dir).map_err(|e| Error::Cache(seen_dir, e))?;
-    let _builder = lock(&index.with_extension("lock"))?;
+    let locks = dir.join("lock");
+    std::fs::create_dir_all(&locks).map_err(|e| Error::Cache(locks.clone(), e))?;
+    let _builder = lock(&locks.join(&seen))?;
     if let Some(image) = known(&dir, &index) {
         return Ok(image);
     }

@@ -505,3 +505,23 @@ pub fn phases(dir: &Path) -> Vec<(&'static str, u64)> {
     .filter_map(|(k, v)| Some((k, v?)))
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failed_start_names_the_console_s_last_lines() {
+        let log = std::env::temp_dir().join(format!("gureum-console-{}", std::process::id()));
+        std::fs::write(&log, "one\n\ntwo\nthree\nKernel panic - not syncing\n").unwrap();
+        let tail = super::console_tail(&log, 2);
+        assert_eq!(
+            tail,
+            "the guest console's last lines:\n    three\n    Kernel panic - not syncing"
+        );
+        std::fs::write(&log, "").unwrap();
+        assert_eq!(
+            super::console_tail(&log, 2),
+            "the guest console printed nothing"
+        );
+        std::fs::remove_file(&log).unwrap();
+    }
+}
