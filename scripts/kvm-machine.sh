@@ -24,6 +24,11 @@
 #   --log FILE       keep the machine's kernel log in FILE
 #   --setup          only install and build what the machine needs, then exit
 #
+# For experiments (docs/host-kvm.md, the freeze): GUREUM_KVM_MACHINE_CPU replaces `-cpu max`
+# (say, max,tsc-deadline=off), GUREUM_KVM_MACHINE_ACCEL replaces `tcg,thread=multi`,
+# GUREUM_KVM_MACHINE_APPEND is added to the machine kernel's command line, and
+# GUREUM_KVM_MACHINE_QUIET= (empty) keeps its boot messages in the --log.
+#
 # Needs (installed when missing): qemu-system-x86, busybox-static, cpio, and Debian's
 # linux-image-amd64 package, which is downloaded and unpacked into the cache
 # ($GUREUM_CACHE, default /var/cache/gureum, under kvm-machine/), never installed on the host.
@@ -160,9 +165,9 @@ cat "$ctl/stdout" &
 cat "$ctl/stderr" >&2 &
 
 fresh="/tmp,/run,${GUREUM_CACHE:-/var/cache/gureum}/layers"
-cmdline="console=ttyS0 ${GUREUM_KVM_MACHINE_QUIET-quiet} panic=-1 softlockup_panic=1 gureum.run=$ctl/run.sh gureum.tmpfs=$fresh"
+cmdline="console=ttyS0 ${GUREUM_KVM_MACHINE_QUIET-quiet} panic=-1 softlockup_panic=1 gureum.run=$ctl/run.sh gureum.tmpfs=$fresh ${GUREUM_KVM_MACHINE_APPEND:-}"
 [ -n "$shared" ] && cmdline+=" gureum.shares=$shared"
-qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory" \
+qemu-system-x86_64 -M q35 -accel "${GUREUM_KVM_MACHINE_ACCEL:-tcg,thread=multi}" -cpu "${GUREUM_KVM_MACHINE_CPU:-max}" -smp "$cpus" -m "$memory" \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$vmlinuz" -initrd "$initrd" -append "$cmdline" \
   -serial "file:$console" \

@@ -32,7 +32,8 @@ else
   cargo test --workspace --all-targets --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"manifest_path":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p' \
     | while read -r manifest exe; do
-        if "$exe" --list --ignored 2>/dev/null < /dev/null | grep -q ': test$'; then
+        # grep reads it all: with -q it could stop early and fail the pipe (pipefail).
+        if "$exe" --list --ignored 2>/dev/null < /dev/null | grep ': test$' > /dev/null; then
           echo "$(dirname "$manifest") $exe"
         fi
       done > "$logs/binaries"

@@ -446,7 +446,10 @@ fn a_user_namespace_maps_the_container_root_to_an_unprivileged_host_user() {
 per_isolation!(kill_all_signals_every_process_of_the_container => kill_all);
 
 fn kill_all(isolation: &'static str) {
-    let script = "trap 'echo trapped' TERM; sleep 60 & sleep 60; wait; echo done";
+    // Two sleeps, seen running (exec'd) before the shell says so; the shell traps TERM.
+    let script = "trap 'echo trapped' TERM; sleep 60 & a=$!; sleep 60 & b=$!; \
+        for p in $a $b; do until [ \"$(cat /proc/$p/comm)\" = sleep ]; do :; done; done; \
+        echo ready; wait $a; wait $b; echo done";
     let b = Bundle::with_isolation(
         "killall",
         serde_json::json!({"args": ["sh", "-c", script]}),
@@ -454,23 +457,27 @@ fn kill_all(isolation: &'static str) {
     );
     let bundle = b.dir.to_str().unwrap().to_string();
     let name = id("killall");
-    let child = b
+    let mut child = b
         .command(&["run", "--bundle", &bundle, &name])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_status(&b, &name, "running");
+    let stdout = child.stdout.take().map(common::drain);
+    let stderr = child.stderr.take().map(common::drain);
+    let ready = stdout
+        .as_ref()
+        .is_some_and(|s| s.saw("ready\n", Duration::from_secs(10)));
     // The shell survives TERM (it traps it): only --all reaches the sleeps, and with them gone
     // the shell finishes normally.
-    std::thread::sleep(Duration::from_millis(100));
     let k = b.gureum(&["kill", "--all", &name, "TERM"]);
+    let out = common::finish_drained(child, stdout, stderr, Duration::from_secs(10));
+    assert!(ready, "{isolation}: never ready: {}", out.describe());
     assert_eq!(k.code, Some(0), "{isolation}: {}", k.describe());
-    let out = finish(child, Duration::from_secs(10));
     assert_eq!(out.code, Some(0), "{isolation}: {}", out.describe());
     assert!(
-        out.stdout.ends_with("done\n"),
+        out.stdout.ends_with("trapped\ndone\n"),
         "{isolation}: {}",
         out.describe()
     );

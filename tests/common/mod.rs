@@ -153,10 +153,20 @@ pub fn spawn(args: &[&str], stdin: Option<&[u8]>) -> Child {
 /// as it comes (a chatty child never blocks on a full pipe). After a kill, the output is
 /// awaited for 5 s at most: a sandbox's monitor or VMM may still hold the pipes.
 pub fn finish(mut child: Child, deadline: Duration) -> Output {
-    let deadline = scaled(deadline);
-    let start = Instant::now();
     let stdout = child.stdout.take().map(drain);
     let stderr = child.stderr.take().map(drain);
+    finish_drained(child, stdout, stderr, deadline)
+}
+
+/// [`finish`], for a child whose pipes are already being drained.
+pub fn finish_drained(
+    mut child: Child,
+    stdout: Option<Drain>,
+    stderr: Option<Drain>,
+    deadline: Duration,
+) -> Output {
+    let deadline = scaled(deadline);
+    let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -205,6 +215,21 @@ pub fn drain(mut r: impl std::io::Read + Send + 'static) -> Drain {
 }
 
 impl Drain {
+    /// Whether `needle` has come, waiting up to `deadline` (scaled) for it.
+    pub fn saw(&self, needle: &str, deadline: Duration) -> bool {
+        let deadline = scaled(deadline);
+        let start = Instant::now();
+        loop {
+            if String::from_utf8_lossy(&self.1.lock().unwrap()).contains(needle) {
+                return true;
+            }
+            if start.elapsed() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything, once the writers are gone; or, after `within`, what came so far.
     pub fn collect(self, within: Option<Duration>) -> String {
         let all = match within {

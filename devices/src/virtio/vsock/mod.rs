@@ -240,6 +240,21 @@ mod tests {
     }
 
     #[test]
+    fn a_muxer_removes_its_socket_unless_jailed() {
+        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-drop", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        drop(Muxer::new(GUEST, &path).unwrap());
+        assert!(!path.exists());
+        // Jailed, the VMM may not unlink by path (its seccomp filter would stop it): the
+        // socket is left to the jailer.
+        let mut m = Muxer::new(GUEST, &path).unwrap();
+        m.jail();
+        drop(m);
+        assert!(path.exists());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn a_connect_to_a_missing_host_listener_is_reset() {
         let mut m = muxer("missing");
         let replies = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);

@@ -111,15 +111,20 @@ pub struct Muxer {
     /// Header-only packets waiting for a guest receive buffer.
     control: VecDeque<Header>,
     next_port: u32,
+    /// Whether dropping the muxer removes its socket: not once jailed, where the process may
+    /// no longer unlink by path and whoever jailed it removes the socket.
+    removes_socket: bool,
 }
 
 impl Muxer {
     /// From now on, reach host listeners (`PATH_<port>`) by the socket's file name from the
-    /// root: for a VMM that has made the socket's directory its root (chroot).
+    /// root: for a VMM that has made the socket's directory its root (chroot). The socket is
+    /// then the jailer's to remove.
     pub fn jail(&mut self) {
         if let Some(name) = self.path.file_name() {
             self.path = Path::new("/").join(name);
         }
+        self.removes_socket = false;
     }
 
     /// Listen at `path` for host connections to guest `guest_cid`.
@@ -143,6 +148,7 @@ impl Muxer {
             pending: HashMap::new(),
             control: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
+            removes_socket: true,
         })
     }
 
@@ -446,7 +452,9 @@ impl Muxer {
 
 impl Drop for Muxer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.removes_socket {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
