@@ -185,7 +185,7 @@ pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
         s.remove();
     }
     let outcome = outcome?;
-    if outcome.exit_code() != 0 {
+    if outcome.worth_a_line() {
         eprintln!("gureum: {outcome}");
     }
     if args.phases {

@@ -35,6 +35,12 @@ impl Outcome {
             Self::Signal(n) => 128 + n,
         }
     }
+
+    /// Whether the run's end deserves a line on stderr: any failure, and a triple fault,
+    /// which ends a `reboot=t` guest cleanly but also one that crashed silently.
+    pub fn worth_a_line(&self) -> bool {
+        self.exit_code() != 0 || *self == Self::Guest(GuestExit::Stopped(crate::vcpu::TRIPLE_FAULT))
+    }
 }
 
 impl std::fmt::Display for Outcome {
@@ -243,4 +249,19 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
     // SAFETY: reads at most `size` bytes into `info`.
     let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut info).cast(), size) };
     (usize::try_from(n).ok() == Some(size)).then(|| i32::try_from(info.ssi_signo).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn a_triple_fault_is_said_although_it_exits_0() {
+        let triple = Outcome::Guest(GuestExit::Stopped(crate::vcpu::TRIPLE_FAULT));
+        assert_eq!(triple.exit_code(), 0);
+        assert!(triple.worth_a_line());
+        assert!(!Outcome::I8042Reset.worth_a_line());
+        assert!(!Outcome::Guest(GuestExit::Stopped("power-off")).worth_a_line());
+        assert!(Outcome::Timeout(Duration::from_secs(1)).worth_a_line());
+    }
 }

@@ -36,6 +36,10 @@ pub enum GuestExit {
     Crashed(String),
 }
 
+/// How a triple fault (KVM_EXIT_SHUTDOWN) is reported: a reset, but also how a guest that
+/// crashed before it could print anything ends, so it is always said.
+pub const TRIPLE_FAULT: &str = "triple fault (reset)";
+
 /// The first [`GuestExit`] reported wins; reporting wakes the event loop.
 pub struct ExitSlot {
     reason: Mutex<Option<GuestExit>>,
@@ -142,7 +146,7 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::Hlt) => GuestExit::Stopped("halted"),
-                Ok(VcpuExit::Shutdown) => GuestExit::Stopped("triple fault (reset)"),
+                Ok(VcpuExit::Shutdown) => GuestExit::Stopped(TRIPLE_FAULT),
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::Stopped("power-off"),
                     KVM_SYSTEM_EVENT_RESET => GuestExit::Stopped("reset"),
