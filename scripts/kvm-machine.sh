@@ -13,7 +13,7 @@
 # whiteouts that image layers need); cgroup v2 is mounted. COMMAND runs in the current directory with
 # the current environment, stdin from /dev/null; its stdout and stderr stream here as it runs.
 # The exit status is COMMAND's; 124 when --timeout ends it; 125 when the machine itself fails
-# (the last lines of its kernel log are printed). Nothing is left running or mounted.
+# or stops responding (the last lines of its kernel log are printed). Nothing is left running or mounted.
 #
 # Options:
 #   --timeout SECS   end the machine after SECS seconds (default 3600)
@@ -184,6 +184,14 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     say "timed out after ${timeout} s; the machine's last kernel lines:"
     tail -n 20 "$console" >&2
     exit 124
+  fi
+  # The machine writes a heartbeat every 5 s; 90 s without one is a machine that froze (its
+  # kernel stopped, see docs/host-kvm.md), not a slow command.
+  if [ -e "$ctl/heartbeat" ] && [ ! -e "$ctl/status" ] &&
+     [ $(( $(date +%s) - $(stat -c %Y "$ctl/heartbeat") )) -gt 90 ]; then
+    say "the machine stopped responding (no heartbeat for 90 s); its last kernel lines:"
+    tail -n 20 "$console" >&2
+    exit 125
   fi
   sleep 0.2
 done

@@ -241,7 +241,34 @@ fn accept(listener: &OwnedFd) -> Result<std::fs::File, String> {
     Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Serves one connection, then waits for the host to close it (5 s at most): the VM may end
+/// right after the first one, and the Exit frame, still in the guest's vsock queue when the
+/// VMM stops, would be lost with it.
 fn serve_file(conn: std::fs::File) -> Result<(), String> {
     let writer = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
-    gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string())
+    let linger = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
+    let result = gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string());
+    wait_for_close(linger);
+    result
+}
+
+fn wait_for_close(conn: std::fs::File) {
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&timeout)).unwrap_or_default();
+    // SAFETY: shutdown and setsockopt on a socket we own, with a valid timeval of its size.
+    unsafe {
+        libc::shutdown(conn.as_raw_fd(), libc::SHUT_WR);
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            len,
+        );
+    }
+    let mut buf = [0u8; 256];
+    while let Ok(1..) = std::io::Read::read(&mut &conn, &mut buf) {}
 }
