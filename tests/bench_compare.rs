@@ -7,30 +7,40 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `gureum bench compare ARGS --out OUT`, run to its end (2 minutes at most); `envs` as given.
+fn compare(args: &[&str], envs: &[(&str, &str)], out: &std::path::Path) -> common::Output {
+    let child = Command::new(common::GUREUM)
+        .envs(envs.iter().copied())
+        .args(["bench", "compare"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::finish(child, Duration::from_secs(120))
+}
+
 #[test]
 fn a_short_comparison_writes_json_markdown_and_charts() {
     let out = common::scratch("compare");
     let guest = common::test_guest().to_str().unwrap().to_string();
-    let child = Command::new(common::GUREUM)
-        .args([
-            "bench",
-            "compare",
+    let run = compare(
+        &[
             "--runs",
             "2",
             "--density",
             "2",
             "--test-guest",
             &guest,
-        ])
-        .args(["--only", "native,runc,sandbox,microvm-test-guest"])
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = common::finish(child, Duration::from_secs(120));
+            "--only",
+            "native,runc,sandbox,microvm-test-guest",
+        ],
+        &[],
+        &out,
+    );
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert!(run.stdout.contains("× native"), "{}", run.describe());
     let json: serde_json::Value =
@@ -103,19 +113,23 @@ fn every_vm_kind_is_measured_where_linux_guests_run() {
     let standin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/firecracker-standin.sh");
     let kinds = "native,runc,sandbox,microvm,qemu-microvm,microvm-test-guest,firecracker";
-    let child = Command::new(common::GUREUM)
-        .env("GUREUM_VMM", common::GUREUM)
-        .args(["bench", "compare", "--runs", "1", "--density", "0"])
-        .args(["--test-guest", &guest, "--only", kinds, "--firecracker"])
-        .arg(&standin)
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = common::finish(child, Duration::from_secs(120));
+    let standin = standin.to_str().unwrap();
+    let run = compare(
+        &[
+            "--runs",
+            "1",
+            "--density",
+            "0",
+            "--test-guest",
+            &guest,
+            "--only",
+            kinds,
+            "--firecracker",
+            standin,
+        ],
+        &[("GUREUM_VMM", common::GUREUM)],
+        &out,
+    );
     assert_eq!(run.code, Some(0), "{}", run.describe());
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
