@@ -356,6 +356,8 @@ pub fn run_command_until(
         .expect("spawn");
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
+    // Its stderr says why a VMM ended early (a triple fault, say): shown when `done` never was.
+    let stderr = child.stderr.take().map(drain);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -379,6 +381,11 @@ pub fn run_command_until(
     }
     let _ = child.kill();
     let _ = child.wait();
+    let stderr = stderr.map(|d| d.collect(Some(Duration::from_secs(5))));
+    if let Some(text) = stderr.filter(|t| !met && !t.is_empty()) {
+        lines.push("-- its stderr:".into());
+        lines.extend(text.lines().map(str::to_string));
+    }
     (lines, met)
 }
 
