@@ -290,6 +290,47 @@ mod tests {
         assert_eq!(m.connections(), 0);
     }
 
+    /// Whether nothing is ready on `fd` right now.
+    fn quiet(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, without waiting.
+        unsafe { libc::poll(&raw mut p, 1, 0) == 0 }
+    }
+
+    #[test]
+    fn a_guest_s_half_close_reaches_the_host_once_and_the_muxer_goes_quiet() {
+        let mut m = muxer("half");
+        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-half_7", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let replies = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
+        assert_eq!(replies[0].op, OP_RESPONSE);
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut shut = guest_hdr(OP_SHUTDOWN, 0);
+        shut.flags = SHUTDOWN_SEND;
+        exchange(&mut m, &[(shut, vec![], 0)]);
+        // The host side reads the end of the guest's data...
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        // ...and the muxer settles: a round of events returns, and its own shutdown does not
+        // wake it again (it used to, forever, holding the VMM's event loop).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                m.process_events();
+            }
+            let _ = tx.send(quiet(m.epoll_fd()));
+        });
+        let settled = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(settled, Ok(true));
+        std::fs::remove_file(path).unwrap();
+    }
+
     #[test]
     fn a_guest_that_ignores_our_credit_is_reset() {
         let mut m = muxer("credit");

@@ -49,6 +49,10 @@ struct Conn {
     readable: bool,
     /// The guest will send no more: shut the host socket's write side once `out` is flushed.
     shut_write: bool,
+    /// Done, once: every shutdown(2) wakes the socket's own waiters, so a second one would be
+    /// one more edge-triggered event, and a flush that answered each event with another
+    /// shutdown would spin the event loop forever.
+    write_shut: bool,
 }
 
 impl Conn {
@@ -64,6 +68,7 @@ impl Conn {
             out: Vec::new(),
             readable: true,
             shut_write: false,
+            write_shut: false,
         }
     }
 
@@ -87,7 +92,8 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        if self.shut_write {
+        if self.shut_write && !self.write_shut {
+            self.write_shut = true;
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
@@ -317,13 +323,12 @@ impl Muxer {
         }
     }
 
-    /// Serve what is ready among the host sockets.
+    /// Serve what is ready among the host sockets: one round of at most 32 events. The event
+    /// loop watches the muxer's epoll fd level-triggered and calls again while more are ready,
+    /// so no socket's events, however many, can hold the loop here.
     pub fn process_events(&mut self) {
         let mut events = [EpollEvent::default(); 32];
-        while let Ok(n) = self.epoll.wait(0, &mut events) {
-            if n == 0 {
-                break;
-            }
+        if let Ok(n) = self.epoll.wait(0, &mut events) {
             for ev in &events[..n] {
                 let fd = ev.fd();
                 if fd == self.listener.as_raw_fd() {
