@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,19 +59,19 @@ fn cat(isolation: &'static str) {
     let mut stdin = child.stdin.take().unwrap();
     let feed = data.clone();
     let writer = std::thread::spawn(move || stdin.write_all(&feed));
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let stdout = child.stdout.take().map(common::drain).unwrap();
+    let stderr = child.stderr.take().map(common::drain);
+    // A minute at most (scaled), then killed: a stalled stream fails, it does not hang.
+    let run = common::finish_drained(child, None, stderr, Duration::from_secs(60));
+    let out = stdout.bytes(Some(common::scaled(Duration::from_secs(5))));
     let fed = writer.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(fed.is_ok(), "stdin: {fed:?}; exit {status}; stderr: {err}");
-    assert_eq!(status.code(), Some(0), "{err}");
+    let err = run.stderr;
+    assert!(
+        fed.is_ok(),
+        "stdin: {fed:?}; exit {:?}; stderr: {err}",
+        run.code
+    );
+    assert_eq!(run.code, Some(0), "{err}");
     assert_eq!(out.len(), data.len());
     assert!(out == data, "stdout differs from stdin");
     assert_eq!(err, "done\n");

@@ -232,12 +232,16 @@ impl Drain {
 
     /// Everything, once the writers are gone; or, after `within`, what came so far.
     pub fn collect(self, within: Option<Duration>) -> String {
+        String::from_utf8_lossy(&self.bytes(within)).into_owned()
+    }
+
+    /// As [`Drain::collect`], the bytes as they came.
+    pub fn bytes(self, within: Option<Duration>) -> Vec<u8> {
         let all = match within {
             None => self.0.recv().ok(),
             Some(d) => self.0.recv_timeout(d).ok(),
         };
-        let bytes = all.unwrap_or_else(|| self.1.lock().unwrap().clone());
-        String::from_utf8_lossy(&bytes).into_owned()
+        all.unwrap_or_else(|| self.1.lock().unwrap().clone())
     }
 }
 

@@ -332,6 +332,46 @@ mod tests {
     }
 
     #[test]
+    fn room_freed_when_the_host_reads_late_is_credited_to_the_guest() {
+        let mut m = muxer("late");
+        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-late_7", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut told = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
+        let (mut peer, _) = listener.accept().unwrap();
+        // The host reads nothing: its socket fills, then the muxer's buffer does, each round
+        // within the credit the guest was given.
+        let chunk = vec![0x5au8; 0xffd0];
+        let packet = (guest_hdr(OP_RW, 0xffd0), chunk, 0);
+        told.extend(exchange(&mut m, &vec![packet.clone(); 4]));
+        told.extend(exchange(&mut m, &vec![packet; 3]));
+        let total = 7 * 0xffd0;
+        let heard = told.iter().map(|h| h.fwd_cnt).max().unwrap();
+        assert!(
+            total - heard > muxer::BUF_ALLOC / 2,
+            "a full buffer: {heard} of {total}"
+        );
+        // Now the host reads it all.
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = vec![0u8; total as usize];
+        let mut n = 0;
+        while n < got.len() {
+            m.process_events(); // the host socket has room again: the rest goes out
+            n += peer.read(&mut got[n..]).unwrap();
+        }
+        m.process_events();
+        told.extend(exchange(&mut m, &[]));
+        // The guest, which never asks for credit, has heard of all but less than a quarter.
+        let heard = told.iter().map(|h| h.fwd_cnt).max().unwrap();
+        assert!(
+            total - heard < muxer::BUF_ALLOC / 4,
+            "told {heard} of {total}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn a_guest_that_ignores_our_credit_is_reset() {
         let mut m = muxer("credit");
         let path =

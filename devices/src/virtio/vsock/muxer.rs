@@ -300,6 +300,16 @@ impl Muxer {
         if conn.flush().is_err() {
             return self.reset(key);
         }
+        self.credit_if_due(key);
+    }
+
+    /// Tells the guest of the room freed in our buffer once a quarter of it is free again. A
+    /// guest out of credit waits for this: it never asks, and with nothing else flowing its way
+    /// no packet would carry our count.
+    fn credit_if_due(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_told) >= BUF_ALLOC / 4 {
             conn.fwd_cnt_told = conn.fwd_cnt;
             let h = self.header(key, OP_CREDIT_UPDATE);
@@ -337,13 +347,16 @@ impl Muxer {
                     self.read_connect_line(fd);
                 } else if let Some(&key) = self.by_fd.get(&fd) {
                     let set = ev.event_set();
-                    if let Some(conn) = self.conns.get_mut(&key) {
-                        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP)
-                        {
-                            conn.readable = true;
-                        }
-                        if set.contains(EventSet::OUT) && conn.flush().is_err() {
-                            self.reset(key);
+                    let Some(conn) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
+                    if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
+                        conn.readable = true;
+                    }
+                    if set.contains(EventSet::OUT) {
+                        match conn.flush() {
+                            Ok(()) => self.credit_if_due(key),
+                            Err(_) => self.reset(key),
                         }
                     }
                 }
