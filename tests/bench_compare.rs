@@ -26,6 +26,8 @@ fn compare(args: &[&str], envs: &[(&str, &str)], out: &std::path::Path) -> commo
 #[test]
 fn a_short_comparison_writes_json_markdown_and_charts() {
     let out = common::scratch("compare");
+    // Its bundles and root filesystems go under $TMPDIR, not --out (which may be a share).
+    let tmp = common::scratch("compare-tmp");
     let guest = common::test_guest().to_str().unwrap().to_string();
     let run = compare(
         &[
@@ -38,7 +40,7 @@ fn a_short_comparison_writes_json_markdown_and_charts() {
             "--only",
             "native,runc,sandbox,microvm-test-guest",
         ],
-        &[],
+        &[("TMPDIR", tmp.to_str().unwrap())],
         &out,
     );
     assert_eq!(run.code, Some(0), "{}", run.describe());
@@ -95,11 +97,18 @@ fn a_short_comparison_writes_json_markdown_and_charts() {
         let text = std::fs::read_to_string(out.join(svg)).unwrap();
         assert!(text.starts_with("<svg") && text.contains("native"), "{svg}");
     }
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(
-        !out.join("work").exists(),
-        "the work directory is left behind"
+        left.is_empty(),
+        "the work directory is left behind: {left:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        4,
+        "only compare.json, report.md and two charts under --out"
     );
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 /// Where Linux guests run (hardware KVM, or the KVM test machine), every VM kind is measured:

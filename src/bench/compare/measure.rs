@@ -25,6 +25,9 @@ pub struct Sample {
     pub ok: bool,
     /// gureum's own phases (ms since its start), where it prints them.
     pub phases: Vec<(String, f64)>,
+    /// Why a failed run failed: how it ended, and its last line on stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Waits for `pid` up to `within`; its status and rusage, or None on timeout.
@@ -104,8 +107,11 @@ pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
     let (status, usage) = waited.unwrap_or((-1, zero_rusage()));
     // QEMU ends through isa-debug-exit with an odd status; a VM's run counts by its mark.
     let exited_ok = libc::WIFEXITED(status) && (libc::WEXITSTATUS(status) == 0 || kind.is_vm());
+    let ok = waited.is_some() && exited_ok && start_ms.is_some();
+    let error = (!ok).then(|| failure(waited.is_some(), status, start_ms.is_some(), &stderr));
     Ok(Sample {
-        ok: waited.is_some() && exited_ok && start_ms.is_some(),
+        ok,
+        error,
         start_ms,
         exit_ms,
         cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
@@ -114,6 +120,25 @@ pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
             .filter_map(|(k, us)| Some((k.strip_suffix("_us")?.to_string(), us / 1e3)))
             .collect(),
     })
+}
+
+/// How a failed run ended, in one line: the reason, then its last words on stderr.
+fn failure(ended: bool, status: i32, marked: bool, stderr: &str) -> String {
+    let how = if !ended {
+        format!("still running after {} s", DEADLINE.as_secs())
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    } else if !marked {
+        "ended without its start mark".to_string()
+    } else {
+        "failed".to_string()
+    };
+    match stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        Some(last) => format!("{how}: {}", last.chars().take(200).collect::<String>()),
+        None => how,
+    }
 }
 
 fn zero_rusage() -> libc::rusage {

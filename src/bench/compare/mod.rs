@@ -124,10 +124,9 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         return Err(Error::NoWorkload);
     }
     let wanted = selected(&opts.only)?;
-    let work = opts.out.join("work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io("make the output directory"))?;
-    let setup = setup(opts, &work)?;
+    std::fs::create_dir_all(&opts.out).map_err(io("make the output directory"))?;
+    let work = Work::new()?;
+    let setup = setup(opts, &work.0)?;
     let (active, skipped): (Vec<Kind>, Vec<Kind>) = wanted
         .iter()
         .partition(|k| setup.skip_reason(**k).is_none());
@@ -165,9 +164,28 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         claims: report::claims(&kinds, pvm),
         kinds,
     };
-    let _ = std::fs::remove_dir_all(&work);
+    drop(work);
     write_files(&report, &opts.out)?;
     Ok(report)
+}
+
+/// The containers' bundles and root filesystems, under $TMPDIR rather than --out (which may be
+/// a share, 9p say, where overlays and device nodes cannot live); removed when dropped.
+struct Work(PathBuf);
+
+impl Work {
+    fn new() -> Result<Self, Error> {
+        let dir = std::env::temp_dir().join(format!("gureum-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io("make a work directory under $TMPDIR"))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 type Measured = (Vec<Vec<measure::Sample>>, Vec<Option<measure::Density>>);

@@ -360,10 +360,11 @@ pub fn table(r: &Report) -> String {
             _ => "—".into(),
         };
         let mem = memory(k).map_or_else(|| "—".into(), |m| format!("{m:.2}"));
-        let failed = if k.failed_runs > 0 {
-            format!("  ({} failed)", k.failed_runs)
-        } else {
-            String::new()
+        let why = k.samples.iter().find_map(|s| s.error.as_deref());
+        let failed = match (k.failed_runs, why) {
+            (0, _) => String::new(),
+            (n, Some(why)) => format!("  ({n} failed; the first: {why})"),
+            (n, None) => format!("  ({n} failed)"),
         };
         let _ = writeln!(
             out,
@@ -425,6 +426,7 @@ mod tests {
             cpu_ms: 1.0,
             ok,
             phases: vec![("vm_built".into(), 1.5)],
+            error: (!ok).then(|| "exit status 1: no such image".into()),
         }
     }
 
@@ -457,6 +459,30 @@ mod tests {
         assert_eq!(k.failed_runs, 1);
         assert_eq!(k.exit_ms.unwrap().p95, 20.0);
         assert_eq!(k.phases_ms, vec![("vm_built".to_string(), 1.5)]);
+        // Why it failed is kept with the failed run, and the table names the first reason.
+        let v = serde_json::to_value(&k).unwrap();
+        assert!(v["samples"][0].get("error").is_none());
+        assert_eq!(v["samples"][1]["error"], "exit status 1: no such image");
+        let host = Host {
+            kvm: "pvm".into(),
+            emulated: false,
+            cpus: 2,
+            note: String::new(),
+        };
+        let (runs, workload, claims) = (3, vec!["true".into()], Vec::new());
+        let r = Report {
+            schema: SCHEMA.into(),
+            host,
+            runs,
+            workload,
+            claims,
+            kinds: vec![k],
+        };
+        let t = table(&r);
+        assert!(
+            t.contains("(1 failed; the first: exit status 1: no such image)"),
+            "{t}"
+        );
     }
 
     #[test]
