@@ -233,6 +233,21 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
+        // A failed test shows what its sandboxes' guests said: the end of each console log.
+        if std::thread::panicking() {
+            let logs = std::fs::read_dir(&self.root)
+                .into_iter()
+                .flatten()
+                .flatten();
+            for log in logs.map(|e| e.path().join("console.log")) {
+                let Ok(text) = std::fs::read_to_string(&log) else {
+                    continue;
+                };
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- the end of {}:\n{tail}", log.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

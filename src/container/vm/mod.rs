@@ -261,7 +261,7 @@ fn monitor(
             if let Some(t) = &tty {
                 controlling_terminal(t);
             }
-            relay(conn, &spec, tty.as_ref())
+            relay(conn, &spec, tty.as_ref(), &log)
         }
         Err(_) => 255,
     };
@@ -395,8 +395,9 @@ fn controlling_terminal(tty: &OwnedFd) {
 
 /// Runs `spec` over `conn` with this process's stdio, or with `tty` as the process's terminal
 /// (its size sent along, and again on every SIGWINCH); other signals received meanwhile become
-/// Signal frames. Returns the exit status.
-fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>) -> i32 {
+/// Signal frames. Returns the exit status; where none comes, says why with the end of the
+/// guest's `console` log (the guest may have died: a panic, a triple fault).
+fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>, console: &Path) -> i32 {
     let writer = match conn.try_clone() {
         Ok(w) => std::sync::Arc::new(std::sync::Mutex::new(w)),
         Err(_) => return 255,
@@ -446,7 +447,11 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>) -> i32 {
             ended.status
         }
         Err(e) => {
-            let _ = writeln!(err, "gureum: the sandbox ended without an exit status: {e}");
+            let tail = console_tail(console, 12);
+            let _ = writeln!(
+                err,
+                "gureum: the sandbox ended without an exit status: {e}; {tail}"
+            );
             255
         }
     }
@@ -456,7 +461,7 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>) -> i32 {
 /// terminal: ours, or a pty's slave whose master went to a console socket) as its terminal.
 pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, Error> {
     let (conn, spec) = session(dir, process)?;
-    Ok(relay(conn, &spec, tty.as_ref()))
+    Ok(relay(conn, &spec, tty.as_ref(), &dir.join("console.log")))
 }
 
 /// A new agent connection for `process`, which runs on the container's root disk.
@@ -482,7 +487,7 @@ pub fn exec_detached(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Res
     // SAFETY: fork from a single-threaded process; the child relays and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        std::process::exit(relay(conn, &spec, tty.as_ref()));
+        std::process::exit(relay(conn, &spec, tty.as_ref(), &dir.join("console.log")));
     }
     if pid < 0 {
         return Err(Error::Sys(std::io::Error::last_os_error()));
