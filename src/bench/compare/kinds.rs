@@ -164,6 +164,11 @@ impl Setup {
                 let tool = kind.name();
                 let mut c = Command::new(tool);
                 c.arg("--root").arg(self.state.join(tool));
+                // gVisor's own network stack is not the workload's business (`true` uses none),
+                // and it refuses to start in a namespace it takes for the host's.
+                if kind == Kind::Runsc {
+                    c.arg("--network=none");
+                }
                 c.args(["run", "--bundle"]).arg(bundle).arg(id);
                 c
             }
