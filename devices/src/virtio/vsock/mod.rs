@@ -290,6 +290,27 @@ mod tests {
         assert_eq!(m.connections(), 0);
     }
 
+    /// A muxer named `name` with one connection from the guest (port 1000) to a host listener
+    /// on port 7: the muxer, the host's end, the listener's path, and the muxer's replies.
+    fn connected(
+        name: &str,
+    ) -> (
+        Muxer,
+        std::os::unix::net::UnixStream,
+        std::path::PathBuf,
+        Vec<Header>,
+    ) {
+        let mut m = muxer(name);
+        let path =
+            std::env::temp_dir().join(format!("gureum-vsock-{}-{name}_7", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let replies = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
+        assert_eq!(replies[0].op, OP_RESPONSE);
+        let (peer, _) = listener.accept().unwrap();
+        (m, peer, path, replies)
+    }
+
     /// Whether nothing is ready on `fd` right now.
     fn quiet(fd: RawFd) -> bool {
         let mut p = libc::pollfd {
@@ -303,13 +324,7 @@ mod tests {
 
     #[test]
     fn a_guest_s_half_close_reaches_the_host_once_and_the_muxer_goes_quiet() {
-        let mut m = muxer("half");
-        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-half_7", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let replies = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
-        assert_eq!(replies[0].op, OP_RESPONSE);
-        let (mut peer, _) = listener.accept().unwrap();
+        let (mut m, mut peer, path, _) = connected("half");
         let mut shut = guest_hdr(OP_SHUTDOWN, 0);
         shut.flags = SHUTDOWN_SEND;
         exchange(&mut m, &[(shut, vec![], 0)]);
@@ -333,12 +348,7 @@ mod tests {
 
     #[test]
     fn room_freed_when_the_host_reads_late_is_credited_to_the_guest() {
-        let mut m = muxer("late");
-        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-late_7", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let mut told = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
-        let (mut peer, _) = listener.accept().unwrap();
+        let (mut m, mut peer, path, mut told) = connected("late");
         // The host reads nothing: its socket fills, then the muxer's buffer does, each round
         // within the credit the guest was given.
         let chunk = vec![0x5au8; 0xffd0];
@@ -373,15 +383,8 @@ mod tests {
 
     #[test]
     fn a_guest_that_ignores_our_credit_is_reset() {
-        let mut m = muxer("credit");
-        let path =
-            std::env::temp_dir().join(format!("gureum-vsock-{}-credit_7", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let replies = exchange(&mut m, &[(guest_hdr(OP_REQUEST, 0), vec![], 0)]);
-        assert_eq!(replies[0].op, OP_RESPONSE);
+        let (mut m, _peer, path, replies) = connected("credit");
         assert_eq!(replies[0].buf_alloc, muxer::BUF_ALLOC);
-        let (_peer, _) = listener.accept().unwrap();
         // Nobody reads on the host side: the guest may send BUF_ALLOC bytes, not more.
         let chunk = vec![0x5au8; 0xf000];
         let mut packets = Vec::new();
