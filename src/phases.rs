@@ -16,15 +16,16 @@ pub struct Phases {
     pub shutdown: Option<Instant>,
     /// Bytes of guest memory the guest touched.
     pub guest_touched: Option<u64>,
-    /// Where the memory figures come from, when they are wanted: /proc/self/status and
-    /// /proc/self/smaps, opened before the VMM's seccomp filter forbids opening files.
-    proc: Option<[std::fs::File; 2]>,
+    /// The process's resident bytes when the guest stopped.
+    pub rss: Option<u64>,
+    /// Where the memory figures come from, when they are wanted: /proc/self/smaps, opened
+    /// before the VMM's seccomp filter forbids opening files.
+    smaps: Option<std::fs::File>,
 }
 
 impl Phases {
     /// `memory`: also measure the process's and the guest's memory at the end.
     pub fn new(start: Instant, memory: bool) -> Self {
-        let open = |name| std::fs::File::open(format!("/proc/self/{name}")).ok();
         Self {
             start,
             vm_built: None,
@@ -32,15 +33,16 @@ impl Phases {
             boot_timer: None,
             shutdown: None,
             guest_touched: None,
-            proc: memory
-                .then(|| Some([open("status")?, open("smaps")?]))
+            rss: None,
+            smaps: memory
+                .then(|| std::fs::File::open("/proc/self/smaps").ok())
                 .flatten(),
         }
     }
 
     /// /proc/self/smaps, when memory is measured.
     pub fn smaps(&self) -> Option<&std::fs::File> {
-        self.proc.as_ref().map(|[_, smaps]| smaps)
+        self.smaps.as_ref()
     }
 
     fn us(&self, at: Option<Instant>) -> String {
@@ -62,7 +64,7 @@ impl Phases {
         ] {
             let _ = write!(s, " {name}_us={}", self.us(at));
         }
-        let rss = self.proc.as_ref().and_then(|[status, _]| rss_kib(status));
+        let rss = self.rss.map(|b| b / 1024);
         let touched = self.guest_touched.map(|b| b / 1024);
         if let (Some(rss), Some(touched)) = (rss, touched) {
             let _ = write!(
@@ -73,13 +75,6 @@ impl Phases {
         }
         s
     }
-}
-
-/// This process's resident set, from /proc/self/status.
-fn rss_kib(status: &std::fs::File) -> Option<u64> {
-    let status = reread(status).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The whole of a /proc file opened earlier, read anew (from the start: procfs makes its text
