@@ -29,7 +29,7 @@ impl Outcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Guest(GuestExit::Stopped(_)) | Self::I8042Reset => 0,
+            Self::Guest(GuestExit::Stopped(_) | GuestExit::TripleFault(_)) | Self::I8042Reset => 0,
             Self::Guest(GuestExit::Crashed(_)) => 3,
             Self::Timeout(_) => 124,
             Self::Signal(n) => 128 + n,
@@ -39,7 +39,7 @@ impl Outcome {
     /// Whether the run's end deserves a line on stderr: any failure, and a triple fault,
     /// which ends a `reboot=t` guest cleanly but also one that crashed silently.
     pub fn worth_a_line(&self) -> bool {
-        self.exit_code() != 0 || *self == Self::Guest(GuestExit::Stopped(crate::vcpu::TRIPLE_FAULT))
+        self.exit_code() != 0 || matches!(self, Self::Guest(GuestExit::TripleFault(_)))
     }
 }
 
@@ -47,6 +47,9 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Guest(GuestExit::Stopped(how)) => write!(f, "guest stopped: {how}"),
+            Self::Guest(GuestExit::TripleFault(at)) => {
+                write!(f, "guest stopped: triple fault (reset), {at}")
+            }
             Self::Guest(GuestExit::Crashed(why)) => write!(f, "guest crashed: {why}"),
             Self::I8042Reset => write!(f, "guest stopped: reset through the i8042"),
             Self::Timeout(d) => write!(
@@ -257,9 +260,13 @@ mod outcome_tests {
 
     #[test]
     fn a_triple_fault_is_said_although_it_exits_0() {
-        let triple = Outcome::Guest(GuestExit::Stopped(crate::vcpu::TRIPLE_FAULT));
+        let triple = Outcome::Guest(GuestExit::TripleFault("vCPU 0 rip 0x1000".into()));
         assert_eq!(triple.exit_code(), 0);
         assert!(triple.worth_a_line());
+        assert_eq!(
+            triple.to_string(),
+            "guest stopped: triple fault (reset), vCPU 0 rip 0x1000"
+        );
         assert!(!Outcome::I8042Reset.worth_a_line());
         assert!(!Outcome::Guest(GuestExit::Stopped("power-off")).worth_a_line());
         assert!(Outcome::Timeout(Duration::from_secs(1)).worth_a_line());

@@ -103,9 +103,13 @@ mod tests {
         let mut p = Phases::new(start, true);
         p.vm_built = Some(start + Duration::from_micros(900));
         p.guest_touched = Some(8 << 20);
+        p.rss = Some(11 << 20);
         let r = p.report();
         assert!(r.starts_with("gureum-phases vm_built_us=900 first_entry_us=- boot_timer_us=-"));
-        assert!(r.contains("guest_touched_kib=8192"), "{r}");
+        assert!(
+            r.contains(" rss_kib=11264 guest_touched_kib=8192 vmm_kib=3072"),
+            "{r}"
+        );
         assert!(r.contains(" exit_us="), "{r}");
     }
 }

@@ -29,16 +29,15 @@ pub enum Error {
 /// How the guest ended, as seen by a vCPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestExit {
-    /// The guest asked for a reset or power-off (KVM system event, triple fault, or HLT with
-    /// no in-kernel interrupt controller to wake it).
+    /// The guest asked for a reset or power-off (KVM system event, or HLT with no in-kernel
+    /// interrupt controller to wake it).
     Stopped(&'static str),
+    /// A triple fault (KVM_EXIT_SHUTDOWN): how a `reboot=t` guest resets, but also how a guest
+    /// that crashed before it could print anything ends; it carries where that vCPU was.
+    TripleFault(String),
     /// The guest or KVM failed in a way the guest cannot recover from.
     Crashed(String),
 }
-
-/// How a triple fault (KVM_EXIT_SHUTDOWN) is reported: a reset, but also how a guest that
-/// crashed before it could print anything ends, so it is always said.
-pub const TRIPLE_FAULT: &str = "triple fault (reset)";
 
 /// The first [`GuestExit`] reported wins; reporting wakes the event loop.
 pub struct ExitSlot {
@@ -146,7 +145,7 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::Hlt) => GuestExit::Stopped("halted"),
-                Ok(VcpuExit::Shutdown) => GuestExit::Stopped(TRIPLE_FAULT),
+                Ok(VcpuExit::Shutdown) => GuestExit::TripleFault(self.whereabouts()),
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::Stopped("power-off"),
                     KVM_SYSTEM_EVENT_RESET => GuestExit::Stopped("reset"),
@@ -167,6 +166,35 @@ impl Vcpu {
             };
             return exit;
         }
+    }
+
+    /// Where this vCPU was when it stopped: which vCPU, its mode and the registers that say
+    /// what it was doing (CR2: the last page-fault address; CR3: its page tables).
+    fn whereabouts(&self) -> String {
+        let (Ok(r), Ok(sr)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return format!("vCPU {} (its registers could not be read)", self.id);
+        };
+        // On AMD, KVM puts a vCPU through INIT after a shutdown: the fault's registers are gone.
+        if r.rip == 0xfff0 && sr.cs.selector == 0xf000 {
+            return format!(
+                "vCPU {} (KVM had already reset it, as it does on AMD: where it faulted is lost)",
+                self.id
+            );
+        }
+        format!(
+            "vCPU {} rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} \
+             cr4 {:#x} efer {:#x}",
+            self.id,
+            r.rip,
+            r.rsp,
+            r.rflags,
+            sr.cs.selector,
+            sr.cr0,
+            sr.cr2,
+            sr.cr3,
+            sr.cr4,
+            sr.efer
+        )
     }
 
     /// Describe a KVM internal error, with where the guest was.

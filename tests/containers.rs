@@ -234,8 +234,8 @@ per_isolation!(many_containers_at_once_leave_nothing_behind => many);
 /// theirs is left: no process, open file, mount, cgroup, network device or state. In an
 /// emulated machine (the KVM test machine) 4 microVMs: there 50 Linux guests booting at once
 /// on two emulated CPUs thrash (5 of 50 had finished after 10 minutes, measured 2026-11-30),
-/// and the machine's own kernel fails more often the more nested guests run at once
-/// (docs/host-kvm.md). `GUREUM_TEST_MANY_VMS=N` sets the number of microVMs.
+/// and the machine's own kernel fails more often the more nested guests run at once; 8 at
+/// once lose one or two guests a round under QEMU's microvm as under gureum (docs/host-kvm.md). `GUREUM_TEST_MANY_VMS=N` sets the number of microVMs.
 fn many(isolation: &'static str) {
     let vms = std::env::var("GUREUM_TEST_MANY_VMS").ok();
     let count = match isolation {

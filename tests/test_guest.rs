@@ -206,6 +206,28 @@ fn timeout_stops_a_hung_guest_with_its_own_exit_code() {
     );
 }
 
+#[test]
+fn a_triple_fault_is_said_with_where_the_vcpu_was() {
+    require_kvm!();
+    let out = boot_test_guest(&["--cmdline", "scenario=triple-fault"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("triple-fault: an empty IDT"),
+        "{}",
+        out.describe()
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest stopped: triple fault (reset), vCPU 0 rip 0x"))
+        .unwrap_or_else(|| panic!("no triple-fault line: {}", out.describe()));
+    // Long mode (EFER.LMA) and the page tables the guest runs on.
+    assert!(
+        line.contains(" efer 0x") && line.contains(" cr3 0x"),
+        "{line}"
+    );
+}
+
 /// gureum with `args` (a test guest in scenario=hang), once the guest runs: the child and the
 /// console so far.
 fn spawn_running(args: &[&str]) -> (std::process::Child, String) {

@@ -372,6 +372,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"bench-net") => scenarios::bench_net(cmdline),
         Some(b"vsock-echo") => vsock::echo(cmdline),
         Some(b"vsock-connect") => vsock::connect(cmdline),
+        Some(b"triple-fault") => triple_fault(),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {
@@ -399,6 +400,15 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         }
     }
     reset()
+}
+
+/// An exception with no IDT to deliver it through: #UD becomes #GP, then #DF, then a triple
+/// fault, the way a kernel that crashes before it can print anything ends.
+fn triple_fault() -> ! {
+    puts(b"triple-fault: an empty IDT, then ud2\n");
+    let empty_idt = [0u16; 5];
+    // SAFETY: the point is to crash this vCPU; nothing runs after it.
+    unsafe { asm!("lidt [{}]", "ud2", in(reg) empty_idt.as_ptr(), options(noreturn)) }
 }
 
 #[panic_handler]
