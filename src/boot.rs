@@ -2,7 +2,8 @@
 //! the guest stops. Shared by `gureum` and the lean `gureum-vmm` executable.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cli::BootArgs;
@@ -101,6 +102,16 @@ fn confine(
         new_netns: jail.is_some(),
         jail,
     }))
+}
+
+/// `exe boot --config FILE`, with `config` written to FILE first in Firecracker's schema, which
+/// reads back to the same config: the one way gureum launches a VM it described itself (a
+/// sandbox, a benchmark run), so that what runs is exactly what the config says.
+pub fn launch(exe: &Path, config: &VmConfig, file: &Path) -> std::io::Result<Command> {
+    std::fs::write(file, config.to_firecracker_json())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("boot").arg("--config").arg(file);
+    Ok(cmd)
 }
 
 /// The lean VMM executable installed beside this one (`gureum-vmm`), if there is one.

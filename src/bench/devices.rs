@@ -87,6 +87,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
     let dir = std::env::temp_dir().join(format!("gureum-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Spawn("an image for the benchmark", e))?;
     let image = dir.join("bench.img");
+    let vm_file = dir.join("vm.json");
     make_image(&image).map_err(|e| Error::Spawn("an image for the benchmark", e))?;
     let mut config = VmConfig {
         kernel: kernel.to_path_buf(),
@@ -115,7 +116,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
         for w in &WORKLOADS {
             config.cmdline = format!("scenario=bench-blk {}", w.args);
             for run in 0..runs {
-                let g = time_run(gureum_command(&exe, &config), "gureum", &MARKS)?;
+                let g = time_run(gureum_command(&exe, &config, &vm_file)?, "gureum", &MARKS)?;
                 let fail = |vmm, r: &super::Run| Error::Run {
                     vmm,
                     run,
@@ -140,7 +141,11 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
                 mac: None,
             }];
             for run in 0..runs {
-                let g = time_run(ns.wrap(gureum_command(&exe, &config)), "gureum", &MARKS)?;
+                let g = time_run(
+                    ns.wrap(gureum_command(&exe, &config, &vm_file)?),
+                    "gureum",
+                    &MARKS,
+                )?;
                 net_push(&mut gureum, &g.marks).ok_or_else(|| run_error("gureum", run, &g))?;
                 if qemu_skip.is_none() {
                     let q = time_run(ns.wrap(qemu_command(&config)), "qemu-system-x86_64", &MARKS)?;
@@ -239,17 +244,21 @@ fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, 
     use std::os::unix::net::UnixStream;
     let uds = dir.join("bench-vsock.sock");
     let spawn_err = |e| Error::Spawn("the vsock benchmark", e);
-    let mut child = std::process::Command::new(exe)
-        .arg("boot")
-        .arg("--kernel")
-        .arg(kernel)
-        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
-        .args([
-            "--cmdline",
-            "scenario=vsock-echo port=5000 conns=1",
-            "--timeout",
-            "60",
-        ])
+    let config = VmConfig {
+        kernel: kernel.to_path_buf(),
+        initrd: None,
+        cmdline: "scenario=vsock-echo port=5000 conns=1".into(),
+        vcpus: 1,
+        memory_mib: crate::config::DEFAULT_MEMORY_MIB,
+        disks: Vec::new(),
+        nets: Vec::new(),
+        vsock: Some(crate::config::VsockConfig {
+            cid: 3,
+            uds: uds.clone(),
+        }),
+        rng: false,
+    };
+    let mut child = gureum_command(exe, &config, &dir.join("vsock-vm.json"))?
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

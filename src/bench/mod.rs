@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("--runs must be at least 1")]
     NoRuns,
+    #[error("cannot write the VM's config file {0}")]
+    ConfigFile(std::path::PathBuf, #[source] std::io::Error),
 }
 
 /// The guest's console line right after it writes the boot-timer port (test guest, our init).
@@ -116,30 +118,12 @@ pub(crate) fn time_run(
     })
 }
 
-pub(crate) fn gureum_command(exe: &Path, config: &VmConfig) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.arg("boot").arg("--kernel").arg(&config.kernel);
-    if let Some(initrd) = &config.initrd {
-        cmd.arg("--initrd").arg(initrd);
-    }
-    cmd.args(["--cmdline", &config.cmdline, "--phases", "--timeout", "60"]);
-    cmd.args([
-        "--vcpus",
-        &config.vcpus.to_string(),
-        "--memory",
-        &config.memory_mib.to_string(),
-    ]);
-    for disk in &config.disks {
-        let mut spec = disk.path.display().to_string();
-        if disk.read_only {
-            spec.push_str(",ro");
-        }
-        cmd.args(["--disk", &spec]);
-    }
-    for net in &config.nets {
-        cmd.args(["--net", &format!("tap={}", net.tap)]);
-    }
-    cmd
+/// gureum booting `config` (written to `file`, `gureum boot --config`), reporting its phases.
+pub(crate) fn gureum_command(exe: &Path, config: &VmConfig, file: &Path) -> Result<Command, Error> {
+    let mut cmd = crate::boot::launch(exe, config, file)
+        .map_err(|e| Error::ConfigFile(file.to_path_buf(), e))?;
+    cmd.args(["--phases", "--timeout", "60"]);
+    Ok(cmd)
 }
 
 /// QEMU microvm booting the same kernel through its PVH entry; its isa-debug-exit device ends
@@ -253,6 +237,22 @@ impl Samples {
     }
 }
 
+/// Where `gureum bench boot` writes the VM's config for its runs; removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new() -> Self {
+        let name = format!("gureum-bench-vm-{}.json", std::process::id());
+        Self(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, Error> {
     if runs == 0 {
         return Err(Error::NoRuns);
@@ -266,8 +266,9 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
         Some("--no-qemu".into())
     };
     let (mut gureum, mut qemu) = (Samples::default(), Samples::default());
+    let file = ConfigFile::new();
     for run in 0..runs {
-        let g = time_run(gureum_command(&exe, config), "gureum", &MARKERS)?;
+        let g = time_run(gureum_command(&exe, config, &file.0)?, "gureum", &MARKERS)?;
         if !g.success {
             return Err(Error::Run {
                 vmm: "gureum",

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::{layout::CMDLINE_MAX_SIZE, mptable};
 
 mod disk;
+mod file;
 mod net;
 mod vsock;
 pub use disk::{DiskConfig, Drive, MAX_ID_LEN};

@@ -28,6 +28,11 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     <[u8; 6]>::try_from(bytes).map_err(|_| format!("bad MAC address {s:?} (expected six bytes)"))
 }
 
+/// `aa:bb:cc:dd:ee:ff`, as [`parse_mac`] reads it.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 impl FromStr for NetConfig {
     type Err = String;
 

@@ -173,14 +173,7 @@ impl Setup {
                 c
             }
             Kind::MicroVm => {
-                let mut c = Command::new(&self.vmm);
-                c.arg("boot")
-                    .arg("--kernel")
-                    .arg(&self.kernel)
-                    .arg("--initrd")
-                    .arg(&self.initramfs);
-                c.args(["--phases", "--cmdline", &linux_cmdline(idle)]);
-                c
+                self.gureum_vm(id, &self.kernel, Some(&self.initramfs), linux_cmdline(idle))
             }
             Kind::QemuMicroVm => qemu(
                 self.kvm,
@@ -189,12 +182,8 @@ impl Setup {
                 &linux_cmdline(idle),
             ),
             Kind::TestGuestVm => {
-                let mut c = Command::new(&self.vmm);
-                c.arg("boot")
-                    .arg("--kernel")
-                    .arg(self.test_guest.as_deref().unwrap_or(Path::new("")));
-                c.args(["--phases", "--cmdline", test_guest_cmdline(idle)]);
-                c
+                let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
+                self.gureum_vm(id, kernel, None, test_guest_cmdline(idle).into())
             }
             Kind::QemuTestGuest => {
                 let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
@@ -202,6 +191,39 @@ impl Setup {
             }
             Kind::Firecracker => self.firecracker(id, idle),
         }
+    }
+
+    /// gureum booting a VM of the default size (1 vCPU, 128 MiB, as Firecracker's row), its
+    /// config written beside gureum's state, reporting its phases.
+    fn gureum_vm(
+        &self,
+        id: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        cmdline: String,
+    ) -> Command {
+        let config = crate::config::VmConfig {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.map(Path::to_path_buf),
+            cmdline,
+            vcpus: crate::config::DEFAULT_VCPUS,
+            memory_mib: crate::config::DEFAULT_MEMORY_MIB,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: false,
+        };
+        let path = self.state.join(format!("vm-{id}.json"));
+        let _ = std::fs::create_dir_all(&self.state);
+        // A file that cannot be written makes the run fail (gureum cannot read it), and it is
+        // counted so.
+        let mut c = crate::boot::launch(&self.vmm, &config, &path).unwrap_or_else(|_| {
+            let mut c = Command::new(&self.vmm);
+            c.arg("boot").arg("--config").arg(&path);
+            c
+        });
+        c.arg("--phases");
+        c
     }
 
     /// `firecracker --no-api --config-file` with the same kernel, initramfs, command line and

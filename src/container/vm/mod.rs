@@ -31,7 +31,10 @@ const READY_PORT: u32 = 1025;
 /// How long a booting sandbox's agent may take to answer (a guest that crashes is seen at
 /// once: its VMM exits). Stretched on an emulated host (`host_check::slowdown`).
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet";
+/// A sandbox's guest gets at least this much memory (the kernel, the agent and the container's
+/// process), and at most this many vCPUs, whatever its limits ask for.
+const SANDBOX_MIN_MEMORY_MIB: u64 = 64;
+const SANDBOX_MAX_VCPUS: u64 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +53,8 @@ pub enum Error {
     Boot(String),
     #[error("the sandbox's agent")]
     Agent(#[from] client::Error),
+    #[error("the sandbox's VM")]
+    Config(#[from] crate::config::Error),
 }
 
 /// gureum's cache: guest kernels, rootfs images, image layers (GUREUM_CACHE overrides).
@@ -96,16 +101,16 @@ fn size(bundle: &Bundle) -> (u64, u64) {
     let r = &bundle.resources;
     let memory = note("gureum.vm.memory_mib")
         .or_else(|| r.memory_bytes.and_then(|b| u64::try_from(b >> 20).ok()))
-        .unwrap_or(128)
-        .max(64);
+        .unwrap_or(crate::config::DEFAULT_MEMORY_MIB)
+        .max(SANDBOX_MIN_MEMORY_MIB);
     let from_quota = r.cpu_quota_us.filter(|&q| q > 0).and_then(|q| {
         let period = r.cpu_period_us.unwrap_or(100_000).max(1);
         u64::try_from(q).ok().map(|q| q.div_ceil(period))
     });
     let vcpus = note("gureum.vm.vcpus")
         .or(from_quota)
-        .unwrap_or(1)
-        .clamp(1, 8);
+        .unwrap_or(crate::config::DEFAULT_VCPUS.into())
+        .clamp(1, SANDBOX_MAX_VCPUS);
     (memory, vcpus)
 }
 
@@ -124,26 +129,29 @@ pub fn create(
     let exe = standin_vmm()
         .or_else(crate::boot::vmm_exe)
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let mut vmm = Command::new(exe);
-    vmm.arg("boot")
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .arg("--disk")
-        .arg(format!("{},ro", image.display()))
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", dir.join("vsock.sock").display()))
-        .args([
-            "--memory",
-            &memory.to_string(),
-            "--vcpus",
-            &vcpus.to_string(),
-        ])
-        .arg("--cmdline")
-        .arg(format!(
-            "{CMDLINE} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}"
-        ));
+    let config = crate::config::VmOverrides {
+        kernel: Some(kernel),
+        initrd: Some(initrd),
+        cmdline: Some(format!(
+            "{} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}",
+            crate::config::DEFAULT_CMDLINE
+        )),
+        vcpus: Some(vcpus),
+        memory_mib: Some(memory),
+        disks: Some(vec![crate::config::DiskConfig {
+            path: image,
+            read_only: true,
+            root: false,
+            id: None,
+        }]),
+        vsock: Some(crate::config::VsockConfig {
+            cid: 3,
+            uds: dir.join("vsock.sock"),
+        }),
+        ..Default::default()
+    }
+    .into_config()?;
+    let vmm = crate::boot::launch(&exe, &config, &dir.join("vm.json")).map_err(Error::Sys)?;
     let (master, tty) = match bundle.process.terminal {
         true => gureum_agent::pty::open_pair(c"/dev/ptmx")
             .map(|(m, s)| (Some(m), Some(s)))
