@@ -192,21 +192,25 @@ fn update(isolation: &'static str) {
 per_isolation!(ps_lists_the_container_s_processes_on_this_host => ps);
 
 fn ps(isolation: &'static str) {
-    let process = serde_json::json!({"args": ["sh", "-c", "sleep 29 & sleep 30"]});
+    // Long enough to outlast a slow emulated machine; `delete --force` ends them.
+    let process = serde_json::json!({"args": ["sh", "-c", "sleep 299 & sleep 300"]});
     let b = Bundle::with_isolation("ps", process, isolation);
     let name = id("ps");
     b.create_and_start(&name, Stdio::null());
     let state = wait_for_status(&b, &name, "running");
     let pid = state["pid"].as_i64().unwrap();
-    let want = if isolation == "native" {
-        "sleep 29"
-    } else {
-        "vsock"
+    let want = match isolation {
+        "native" => "sleep 299",
+        // The stand-in's agent, behind the vsock socket.
+        "standin" => "vsock",
+        // The sandbox's VMM, launched with its VM's config file.
+        _ => "boot --config",
     };
     let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
     loop {
         let json = b.gureum(&["ps", "--format", "json", &name]);
-        let pids: Vec<i64> = serde_json::from_str(&json.stdout).unwrap();
+        let pids: Vec<i64> = serde_json::from_str(&json.stdout)
+            .unwrap_or_else(|e| panic!("{isolation}: ps --format json: {e}\n{}", json.describe()));
         let table = b.gureum(&["ps", &name]).stdout;
         // The container's pid (its init, or its sandbox's monitor) and its processes.
         if pids.contains(&pid) && table.contains(want) {

@@ -198,10 +198,11 @@ impl Bundle {
 
     /// Nothing of container `id` is left: state, cgroups, processes, mounts.
     pub fn assert_gone(&self, id: &str) {
-        // A sandbox's VMM (or stand-in) names the container's vsock socket on its command
-        // line; a killed one may take a moment to go.
-        let socket = self.root.join(id).join("vsock.sock");
-        let socket = socket.to_str().unwrap();
+        // A sandbox's VMM names a file of the container's state directory on its command line
+        // (its VM's config; the stand-in's agent, the vsock socket); a killed one may take a
+        // moment to go.
+        let socket = format!("{}/", self.root.join(id).display());
+        let socket = socket.as_str();
         let start = Instant::now();
         let alive = || {
             std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
