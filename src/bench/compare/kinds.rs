@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::config::VmConfig;
 use crate::host_check::KvmKind;
 
 /// What makes a line on the instance's stdout mean "the workload is running".
@@ -140,7 +141,8 @@ impl Setup {
     }
 
     /// The command that starts instance `id` of `kind`; `idle` keeps it up (density runs).
-    pub fn command(&self, kind: Kind, id: &str, idle: bool) -> Command {
+    /// Fails where the VM's config file cannot be written.
+    pub fn command(&self, kind: Kind, id: &str, idle: bool) -> std::io::Result<Command> {
         let bundle = if idle {
             &self.idle_bundle
         } else {
@@ -151,7 +153,7 @@ impl Setup {
             c.arg("--root").arg(&self.state);
             c
         };
-        match kind {
+        Ok(match kind {
             Kind::Native | Kind::Sandbox => {
                 let mut c = gureum();
                 let isolation = if kind == Kind::Native { "native" } else { "vm" };
@@ -172,9 +174,7 @@ impl Setup {
                 c.args(["run", "--bundle"]).arg(bundle).arg(id);
                 c
             }
-            Kind::MicroVm => {
-                self.gureum_vm(id, &self.kernel, Some(&self.initramfs), linux_cmdline(idle))
-            }
+            Kind::MicroVm => self.gureum_vm(id, &self.linux_vm(idle))?,
             Kind::QemuMicroVm => qemu(
                 self.kvm,
                 &self.kernel,
@@ -183,71 +183,41 @@ impl Setup {
             ),
             Kind::TestGuestVm => {
                 let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
-                self.gureum_vm(id, kernel, None, test_guest_cmdline(idle).into())
+                self.gureum_vm(id, &vm(kernel, None, test_guest_cmdline(idle).into()))?
             }
             Kind::QemuTestGuest => {
                 let kernel = self.test_guest.as_deref().unwrap_or(Path::new(""));
                 qemu(self.kvm, kernel, None, test_guest_cmdline(idle))
             }
-            Kind::Firecracker => self.firecracker(id, idle),
-        }
+            Kind::Firecracker => self.firecracker(id, idle)?,
+        })
     }
 
-    /// gureum booting a VM of the default size (1 vCPU, 128 MiB, as Firecracker's row), its
-    /// config written beside gureum's state, reporting its phases.
-    fn gureum_vm(
-        &self,
-        id: &str,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        cmdline: String,
-    ) -> Command {
-        let config = crate::config::VmConfig {
-            kernel: kernel.to_path_buf(),
-            initrd: initrd.map(Path::to_path_buf),
-            cmdline,
-            vcpus: crate::config::DEFAULT_VCPUS,
-            memory_mib: crate::config::DEFAULT_MEMORY_MIB,
-            disks: Vec::new(),
-            nets: Vec::new(),
-            vsock: None,
-            rng: false,
-        };
+    /// Our Linux guest (kernel and initramfs) as the gureum microVM and Firecracker kinds boot it.
+    fn linux_vm(&self, idle: bool) -> VmConfig {
+        vm(&self.kernel, Some(&self.initramfs), linux_cmdline(idle))
+    }
+
+    /// gureum booting `config` (written beside gureum's state), reporting its phases.
+    fn gureum_vm(&self, id: &str, config: &VmConfig) -> std::io::Result<Command> {
         let path = self.state.join(format!("vm-{id}.json"));
-        let _ = std::fs::create_dir_all(&self.state);
-        // A file that cannot be written makes the run fail (gureum cannot read it), and it is
-        // counted so.
-        let mut c = crate::boot::launch(&self.vmm, &config, &path).unwrap_or_else(|_| {
-            let mut c = Command::new(&self.vmm);
-            c.arg("boot").arg("--config").arg(&path);
-            c
-        });
+        let mut c = crate::boot::launch(&self.vmm, config, &path)?;
         c.arg("--phases");
-        c
+        Ok(c)
     }
 
-    /// `firecracker --no-api --config-file` with the same kernel, initramfs, command line and
-    /// size as the gureum microVM kind (its config file written beside gureum's state).
-    fn firecracker(&self, id: &str, idle: bool) -> Command {
-        let config = serde_json::json!({
-            "boot-source": {
-                "kernel_image_path": self.kernel,
-                "initrd_path": self.initramfs,
-                "boot_args": linux_cmdline(idle),
-            },
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
-        });
+    /// `firecracker --no-api --config-file` with the same VM as the gureum microVM kind (its
+    /// config file written beside gureum's state).
+    fn firecracker(&self, id: &str, idle: bool) -> std::io::Result<Command> {
         let path = self.state.join(format!("firecracker-{id}.json"));
-        // A file that cannot be written makes the run fail, and it is counted so.
-        let _ = std::fs::create_dir_all(&self.state)
-            .and_then(|()| std::fs::write(&path, config.to_string()));
+        std::fs::write(&path, self.linux_vm(idle).to_firecracker_json())?;
         let mut c = Command::new(
             self.firecracker
                 .as_deref()
                 .unwrap_or(Path::new("firecracker")),
         );
         c.args(["--no-api", "--config-file"]).arg(path);
-        c
+        Ok(c)
     }
 
     /// How to stop an idle instance of `kind` that was started as `id`.
@@ -273,6 +243,21 @@ impl Setup {
             let _ = child.kill();
         }
         let _ = child.wait();
+    }
+}
+
+/// A VM of the default size (1 vCPU, 128 MiB) with no devices.
+fn vm(kernel: &Path, initrd: Option<&Path>, cmdline: String) -> VmConfig {
+    VmConfig {
+        kernel: kernel.to_path_buf(),
+        initrd: initrd.map(Path::to_path_buf),
+        cmdline,
+        vcpus: crate::config::DEFAULT_VCPUS,
+        memory_mib: crate::config::DEFAULT_MEMORY_MIB,
+        disks: Vec::new(),
+        nets: Vec::new(),
+        vsock: None,
+        rng: false,
     }
 }
 

@@ -66,7 +66,7 @@ fn ms(tv: libc::timeval) -> f64 {
 
 /// Times one instance of `kind` run to completion.
 pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
-    let mut cmd = setup.command(kind, id, false);
+    let mut cmd = setup.command(kind, id, false)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -165,7 +165,7 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
     let mut children: Vec<(String, Child)> = Vec::new();
     for i in 0..k {
         let id = format!("{tag}-{i}");
-        let mut cmd = setup.command(kind, &id, true);
+        let mut cmd = setup.command(kind, &id, true)?;
         // stdin held open: an idle Linux guest's shell waits on it.
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -69,6 +69,9 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
         .map_err(io("write the benchmark bundle"))?;
     let (kernel, _) = crate::default_guest();
     let initramfs = kernel.with_file_name("initramfs.cpio");
+    // Runtimes' state and the VMs' config files.
+    let state = work.join("state");
+    std::fs::create_dir_all(&state).map_err(io("make the state directory"))?;
     Ok(Setup {
         gureum: std::env::current_exe().map_err(io("find gureum's own executable"))?,
         vmm: crate::boot::vmm_exe()
@@ -76,7 +79,7 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
             .map_err(io("find gureum's own executable"))?,
         bundle,
         idle_bundle,
-        state: work.join("state"),
+        state,
         kernel,
         initramfs,
         test_guest: opts.test_guest.clone(),
