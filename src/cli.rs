@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use gureum_runtime::bundle::Isolation;
+use gureum_vmm::boot::BootRequest;
+use gureum_vmm::config::VmOverrides;
 
 /// Where container state lives unless --root says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/gureum";
@@ -30,7 +33,7 @@ pub struct Cli {
     /// How containers are isolated: in their own microVM (the default) or natively with
     /// namespaces and cgroups. Overrides the config.json annotation gureum.isolation.
     #[arg(long, global = true, value_enum)]
-    pub isolation: Option<crate::container::bundle::Isolation>,
+    pub isolation: Option<IsolationArg>,
     /// Also append errors to this file (runc compatibility, for containerd's shim).
     #[arg(long, global = true, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -298,17 +301,17 @@ pub struct BootArgs {
     /// `root` boots from it (root=/dev/vda); `ro` makes guest writes fail with an I/O error;
     /// `id` is what the guest reads as the disk's serial (default disk<N>).
     #[arg(long, value_name = "PATH[,ro][,root][,id=ID]")]
-    pub disk: Vec<crate::config::DiskConfig>,
+    pub disk: Vec<gureum_vmm::config::DiskConfig>,
     /// A virtio-net interface on an existing TAP device: tap=NAME[,mac=MAC]. Repeat for more.
     /// Checksum and TCP segmentation offloads are negotiated with the guest and passed to the
     /// TAP. The MAC defaults to a made-up locally administered one.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
-    pub net: Vec<crate::config::NetConfig>,
+    pub net: Vec<gureum_vmm::config::NetConfig>,
     /// A virtio-vsock device: cid=N,uds=PATH. Host processes reach a guest listener on port P
     /// by connecting to PATH and writing "CONNECT P\n" (answered "OK <port>\n"); the guest
     /// reaches host port P at the Unix socket PATH_P. Firecracker's protocol.
     #[arg(long, value_name = "cid=N,uds=PATH")]
-    pub vsock: Option<crate::config::VsockConfig>,
+    pub vsock: Option<gureum_vmm::config::VsockConfig>,
     /// A virtio-rng device, fed from the host's /dev/urandom.
     #[arg(long)]
     pub rng: bool,
@@ -326,6 +329,50 @@ pub struct BootArgs {
     /// VMM with one line naming it.
     #[arg(long)]
     pub no_seccomp: bool,
+}
+
+impl BootArgs {
+    /// The plain request the VMM core takes: the config file, the flags that override it, and
+    /// how to run the VM.
+    pub fn request(&self) -> BootRequest {
+        let overrides = VmOverrides {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            disks: (!self.disk.is_empty()).then(|| self.disk.clone()),
+            nets: (!self.net.is_empty()).then(|| self.net.clone()),
+            vsock: self.vsock.clone(),
+            rng: self.rng.then_some(true),
+        };
+        BootRequest {
+            config_file: self.config.clone(),
+            overrides,
+            timeout: self.timeout,
+            phases: self.phases,
+            allow_pvm_linux: self.allow_pvm_linux,
+            no_seccomp: self.no_seccomp,
+        }
+    }
+}
+
+/// `--isolation`: the runtime's `Isolation`, spelled for the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// In the container's own microVM.
+    Vm,
+    /// With namespaces and cgroups on this host.
+    Native,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(arg: IsolationArg) -> Self {
+        match arg {
+            IsolationArg::Vm => Isolation::Vm,
+            IsolationArg::Native => Isolation::Native,
+        }
+    }
 }
 
 // Parsed once per process: the size of the larger variant costs nothing.

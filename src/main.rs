@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gureum::boot::chain;
+use gureum::bench;
 use gureum::cli::{self, BenchCommand, Cli, Command};
-use gureum::{bench, boot, container, host_check};
+use gureum_runtime as container;
+use gureum_vmm::boot::chain;
+use gureum_vmm::{boot, host_check};
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
@@ -91,7 +93,7 @@ fn log_error(path: &std::path::Path, line: &str, json: bool) {
 fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
     let g = container::Global {
         root: cli.root,
-        isolation: cli.isolation,
+        isolation: cli.isolation.map(Into::into),
     };
     match cli.command {
         Command::Run {
@@ -225,7 +227,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
 /// The VM-level commands: boot, host-check, bench.
 fn machine(command: Command, start: Instant) -> Result<i32, Error> {
     match command {
-        Command::Boot(args) => Ok(boot::boot(&args, start)?),
+        Command::Boot(args) => Ok(boot::boot(&args.request(), start)?),
         Command::HostCheck { json } => {
             let report = host_check::check()?;
             if json {
@@ -243,7 +245,7 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
             runs,
             no_qemu,
         }) => {
-            let config = boot::resolve_config(&boot)?;
+            let config = boot::resolve_config(&boot.request())?;
             println!("{}", bench::boot(&config, runs, !no_qemu)?);
             Ok(0)
         }

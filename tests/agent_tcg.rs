@@ -177,7 +177,7 @@ fn capabilities_seccomp_sysctl_and_a_terminal_in_our_guest_under_tcg() {
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
     }))
     .unwrap();
-    spec.seccomp = Some(gureum::container::seccomp::compile(&profile).unwrap());
+    spec.seccomp = Some(gureum_runtime::seccomp::compile(&profile).unwrap());
     spec.no_new_privileges = true;
     spec.sysctl = vec![("kernel.shmmni".into(), "1234".into())];
     spec.terminal = true;

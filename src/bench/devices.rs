@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{Error, Samples, gureum_command, qemu_command, qemu_unavailable, time_run};
-use crate::config::{DiskConfig, VmConfig};
-use crate::host_check::kvm_kind;
+use gureum_vmm::config::{DiskConfig, VmConfig};
+use gureum_vmm::host_check::kvm_kind;
 
 const IMAGE_MIB: usize = 64;
 const MARKS: [&str; 2] = ["bench: start", "bench: done"];
@@ -81,7 +81,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
     if runs == 0 {
         return Err(Error::NoRuns);
     }
-    let exe = crate::boot::vmm_exe()
+    let exe = gureum_vmm::boot::vmm_exe()
         .map_or_else(std::env::current_exe, Ok)
         .map_err(Error::SelfExe)?;
     let dir = std::env::temp_dir().join(format!("gureum-bench-{}", std::process::id()));
@@ -136,7 +136,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
         if let Ok(ns) = &netns {
             config.disks.clear();
             config.cmdline = format!("scenario=bench-net count={NET_FRAMES}");
-            config.nets = vec![crate::config::NetConfig {
+            config.nets = vec![gureum_vmm::config::NetConfig {
                 tap: NET_TAP.into(),
                 mac: None,
             }];
@@ -249,10 +249,10 @@ fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, 
         initrd: None,
         cmdline: "scenario=vsock-echo port=5000 conns=1".into(),
         vcpus: 1,
-        memory_mib: crate::config::DEFAULT_MEMORY_MIB,
+        memory_mib: gureum_vmm::config::DEFAULT_MEMORY_MIB,
         disks: Vec::new(),
         nets: Vec::new(),
-        vsock: Some(crate::config::VsockConfig {
+        vsock: Some(gureum_vmm::config::VsockConfig {
             cid: 3,
             uds: uds.clone(),
         }),

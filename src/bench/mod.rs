@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::VmConfig;
-use crate::host_check::{KvmKind, kvm_kind};
+use gureum_vmm::config::VmConfig;
+use gureum_vmm::host_check::{KvmKind, kvm_kind};
 
 pub mod compare;
 pub mod devices;
@@ -120,7 +120,7 @@ pub(crate) fn time_run(
 
 /// gureum booting `config` (written to `file`, `gureum boot --config`), reporting its phases.
 pub(crate) fn gureum_command(exe: &Path, config: &VmConfig, file: &Path) -> Result<Command, Error> {
-    let mut cmd = crate::boot::launch(exe, config, file)
+    let mut cmd = gureum_vmm::boot::launch(exe, config, file)
         .map_err(|e| Error::ConfigFile(file.to_path_buf(), e))?;
     cmd.args(["--phases", "--timeout", "60"]);
     Ok(cmd)
@@ -209,7 +209,7 @@ pub(crate) fn qemu_unavailable(config: &VmConfig) -> Option<String> {
     if !found {
         return Some("qemu-system-x86_64 is not installed".into());
     }
-    match crate::loader::has_pvh_note(&config.kernel) {
+    match gureum_vmm::loader::has_pvh_note(&config.kernel) {
         true => None,
         false => Some(format!(
             "{} has no PVH entry note for QEMU microvm",
@@ -257,7 +257,7 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
     if runs == 0 {
         return Err(Error::NoRuns);
     }
-    let exe = crate::boot::vmm_exe()
+    let exe = gureum_vmm::boot::vmm_exe()
         .map_or_else(std::env::current_exe, Ok)
         .map_err(Error::SelfExe)?;
     let qemu_skip = if with_qemu {

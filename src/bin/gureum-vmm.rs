@@ -9,10 +9,10 @@ use clap::Parser;
 fn main() {
     let start = Instant::now();
     let gureum::cli::BootOnly::Boot(args) = gureum::cli::BootCli::parse().command;
-    let code = match gureum::boot::boot(&args, start) {
+    let code = match gureum_vmm::boot::boot(&args.request(), start) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gureum: {}", gureum::boot::chain(&e));
+            eprintln!("gureum: {}", gureum_vmm::boot::chain(&e));
             1
         }
     };

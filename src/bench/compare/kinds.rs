@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::VmConfig;
-use crate::host_check::KvmKind;
+use gureum_vmm::config::VmConfig;
+use gureum_vmm::host_check::KvmKind;
 
 /// What makes a line on the instance's stdout mean "the workload is running".
 pub const WORKLOAD_MARK: &str = "gureum-bench-start";
@@ -201,7 +201,7 @@ impl Setup {
     /// gureum booting `config` (written beside gureum's state), reporting its phases.
     fn gureum_vm(&self, id: &str, config: &VmConfig) -> std::io::Result<Command> {
         let path = self.state.join(format!("vm-{id}.json"));
-        let mut c = crate::boot::launch(&self.vmm, config, &path)?;
+        let mut c = gureum_vmm::boot::launch(&self.vmm, config, &path)?;
         c.arg("--phases");
         Ok(c)
     }
@@ -252,8 +252,8 @@ fn vm(kernel: &Path, initrd: Option<&Path>, cmdline: String) -> VmConfig {
         kernel: kernel.to_path_buf(),
         initrd: initrd.map(Path::to_path_buf),
         cmdline,
-        vcpus: crate::config::DEFAULT_VCPUS,
-        memory_mib: crate::config::DEFAULT_MEMORY_MIB,
+        vcpus: gureum_vmm::config::DEFAULT_VCPUS,
+        memory_mib: gureum_vmm::config::DEFAULT_MEMORY_MIB,
         disks: Vec::new(),
         nets: Vec::new(),
         vsock: None,

@@ -231,7 +231,7 @@ pub fn tree_pss_kib(root: i32) -> u64 {
             continue;
         };
         // Field 4, the parent.
-        let ppid = crate::container::state::stat_fields(pid).and_then(|f| f.get(1)?.parse().ok());
+        let ppid = gureum_runtime::state::stat_fields(pid).and_then(|f| f.get(1)?.parse().ok());
         if let Some(ppid) = ppid {
             parents.push((pid, ppid));
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use kinds::{ALL, Kind, Setup};
 use report::{Host, KindReport, Report};
 
-use crate::host_check::KvmKind;
+use gureum_vmm::host_check::KvmKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,14 +67,14 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
         .map_err(io("write the benchmark bundle"))?;
     kinds::write_bundle(&idle_bundle, &opts.workload, true)
         .map_err(io("write the benchmark bundle"))?;
-    let (kernel, _) = crate::default_guest();
+    let (kernel, _) = gureum_vmm::default_guest();
     let initramfs = kernel.with_file_name("initramfs.cpio");
     // Runtimes' state and the VMs' config files.
     let state = work.join("state");
     std::fs::create_dir_all(&state).map_err(io("make the state directory"))?;
     Ok(Setup {
         gureum: std::env::current_exe().map_err(io("find gureum's own executable"))?,
-        vmm: crate::boot::vmm_exe()
+        vmm: gureum_vmm::boot::vmm_exe()
             .map_or_else(std::env::current_exe, Ok)
             .map_err(io("find gureum's own executable"))?,
         bundle,
@@ -84,7 +84,7 @@ fn setup(opts: &Options, work: &Path) -> Result<Setup, Error> {
         initramfs,
         test_guest: opts.test_guest.clone(),
         firecracker: opts.firecracker.clone(),
-        kvm: crate::host_check::kvm_kind().0,
+        kvm: gureum_vmm::host_check::kvm_kind().0,
     })
 }
 
@@ -227,7 +227,7 @@ fn measure_all(
 
 fn host(kvm: KvmKind) -> Host {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let emulated = crate::host_check::slowdown() > 1;
+    let emulated = gureum_vmm::host_check::slowdown() > 1;
     let (kvm, note) = match kvm {
         KvmKind::Hardware if emulated => (
             "hardware",

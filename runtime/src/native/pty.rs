@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::sys::os_err;
+use crate::sys::os_err;
 
 /// A close-on-exec Unix stream socket pair: (gureum's end, the child's end).
 pub fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {

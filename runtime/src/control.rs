@@ -1,7 +1,7 @@
 //! Control of a running container: `pause`/`resume` (the freezer cgroup) and `update` of its
 //! limits.
 
-use super::bundle::{self, Isolation};
+use super::bundle;
 use super::state::{Status, Store};
 use super::{Error, Global, expect};
 
@@ -23,9 +23,7 @@ pub fn update(
         pids: flags.pids.or(base.pids),
         devices: Vec::new(),
     };
-    if record.isolation == Isolation::Vm && (r.memory_bytes.is_some() || r.pids.is_some()) {
-        return Err(Error::VmUpdate);
-    }
+    super::isolation::of(record.isolation).check_update(&r)?;
     Ok(record.cgroup().update(&r)?)
 }
 

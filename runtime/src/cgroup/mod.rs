@@ -303,7 +303,7 @@ impl Cgroup {
         self.set("freezer", file, value)?;
         // Every task must stop, a VMM's vCPU threads leaving KVM_RUN first: 2 s, stretched
         // where guests run slower (an emulated host).
-        let within = std::time::Duration::from_secs(2) * crate::host_check::slowdown();
+        let within = std::time::Duration::from_secs(2) * gureum_vmm::host_check::slowdown();
         let start = std::time::Instant::now();
         while start.elapsed() < within {
             if !frozen || self.frozen() {

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::sys::{exit_code, os_err, set_sigmask, sigset_of, write_all};
+use super::{exit_code, os_err, set_sigmask, sigset_of, write_all};
 
 /// Signals gureum passes on to the container's process.
 const FORWARDED: [libc::c_int; 9] = [
@@ -72,7 +72,7 @@ impl Drop for HeldSignals {
 /// Waits for child `pid`, forwarding signals (and relaying `pty` to this terminal when given).
 /// Returns its exit status, 128+N for signal N.
 pub fn wait(pid: i32, signals: &HeldSignals, pty: Option<&OwnedFd>) -> i32 {
-    let _raw = pty.and_then(|_| crate::term::RawTerminal::enable(0));
+    let _raw = pty.and_then(|_| gureum_vmm::term::RawTerminal::enable(0));
     if let Some(m) = pty {
         copy_winsize(m.as_raw_fd());
     }

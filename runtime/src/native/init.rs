@@ -9,10 +9,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::mounts;
-use super::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, write_all};
-use crate::container::bundle::{Bundle, Process};
-use crate::container::cgroup::Cgroup;
-use crate::container::hooks::{self, Point};
+use crate::bundle::{Bundle, Process};
+use crate::cgroup::Cgroup;
+use crate::hooks::{self, Point};
+use crate::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, write_all};
 
 /// What the container's init needs, prepared by the parent before the clone.
 pub struct Plan<'a> {

@@ -19,9 +19,9 @@ use gureum_agent::client;
 
 use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
-use super::native::sys::{pipe, read_to_end, write_all};
 use super::state::monotonic_us;
-use crate::host_check::KvmKind;
+use crate::sys::{pipe, read_to_end, write_all};
+use gureum_vmm::host_check::KvmKind;
 
 /// The guest port the agent listens on.
 const AGENT_PORT: u32 = 1024;
@@ -54,7 +54,7 @@ pub enum Error {
     #[error("the sandbox's agent")]
     Agent(#[from] client::Error),
     #[error("the sandbox's VM")]
-    Config(#[from] crate::config::Error),
+    Config(#[from] gureum_vmm::config::Error),
 }
 
 /// gureum's cache: guest kernels, rootfs images, image layers (GUREUM_CACHE overrides).
@@ -65,7 +65,7 @@ pub fn cache() -> PathBuf {
 
 /// The guest kernel and the agent's initramfs (guest-kernels/agent-initramfs.sh).
 fn guest() -> Result<(PathBuf, PathBuf), Error> {
-    let (kernel, _) = crate::default_guest();
+    let (kernel, _) = gureum_vmm::default_guest();
     let initrd = cache().join("default/agent-initramfs.cpio");
     for p in [&kernel, &initrd] {
         if !p.exists() {
@@ -84,7 +84,7 @@ fn standin_vmm() -> Option<PathBuf> {
 
 /// Refuses hosts where the guest cannot run, before anything is made.
 pub fn check_host() -> Result<(), Error> {
-    if crate::host_check::kvm_kind().0 == KvmKind::Pvm && standin_vmm().is_none() {
+    if gureum_vmm::host_check::kvm_kind().0 == KvmKind::Pvm && standin_vmm().is_none() {
         return Err(Error::PvmHost);
     }
     guest().map(|_| ())
@@ -101,7 +101,7 @@ fn size(bundle: &Bundle) -> (u64, u64) {
     let r = &bundle.resources;
     let memory = note("gureum.vm.memory_mib")
         .or_else(|| r.memory_bytes.and_then(|b| u64::try_from(b >> 20).ok()))
-        .unwrap_or(crate::config::DEFAULT_MEMORY_MIB)
+        .unwrap_or(gureum_vmm::config::DEFAULT_MEMORY_MIB)
         .max(SANDBOX_MIN_MEMORY_MIB);
     let from_quota = r.cpu_quota_us.filter(|&q| q > 0).and_then(|q| {
         let period = r.cpu_period_us.unwrap_or(100_000).max(1);
@@ -109,7 +109,7 @@ fn size(bundle: &Bundle) -> (u64, u64) {
     });
     let vcpus = note("gureum.vm.vcpus")
         .or(from_quota)
-        .unwrap_or(crate::config::DEFAULT_VCPUS.into())
+        .unwrap_or(gureum_vmm::config::DEFAULT_VCPUS.into())
         .clamp(1, SANDBOX_MAX_VCPUS);
     (memory, vcpus)
 }
@@ -127,31 +127,31 @@ pub fn create(
     let image = image::rootfs_image(&bundle.rootfs, &cache())?;
     let (memory, vcpus) = size(bundle);
     let exe = standin_vmm()
-        .or_else(crate::boot::vmm_exe)
+        .or_else(gureum_vmm::boot::vmm_exe)
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let config = crate::config::VmOverrides {
+    let config = gureum_vmm::config::VmOverrides {
         kernel: Some(kernel),
         initrd: Some(initrd),
         cmdline: Some(format!(
             "{} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}",
-            crate::config::DEFAULT_CMDLINE
+            gureum_vmm::config::DEFAULT_CMDLINE
         )),
         vcpus: Some(vcpus),
         memory_mib: Some(memory),
-        disks: Some(vec![crate::config::DiskConfig {
+        disks: Some(vec![gureum_vmm::config::DiskConfig {
             path: image,
             read_only: true,
             root: false,
             id: None,
         }]),
-        vsock: Some(crate::config::VsockConfig {
+        vsock: Some(gureum_vmm::config::VsockConfig {
             cid: 3,
             uds: dir.join("vsock.sock"),
         }),
         ..Default::default()
     }
     .into_config()?;
-    let vmm = crate::boot::launch(&exe, &config, &dir.join("vm.json")).map_err(Error::Sys)?;
+    let vmm = gureum_vmm::boot::launch(&exe, &config, &dir.join("vm.json")).map_err(Error::Sys)?;
     let (master, tty) = match bundle.process.terminal {
         true => gureum_agent::pty::open_pair(c"/dev/ptmx")
             .map(|(m, s)| (Some(m), Some(s)))
@@ -238,7 +238,7 @@ fn monitor(
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot run the VMM: {e}")));
     let spawned = monotonic_us();
-    let within = AGENT_DEADLINE * crate::host_check::slowdown();
+    let within = AGENT_DEADLINE * gureum_vmm::host_check::slowdown();
     let answered = connect(&uds, &ready, &mut child, within);
     drop(ready);
     let _ = std::fs::remove_file(&ready_path);
@@ -274,7 +274,7 @@ fn monitor(
         Err(_) => 255,
     };
     // The agent restarts the guest when the process ends; give the VMM a moment to exit.
-    let within = Duration::from_secs(2) * crate::host_check::slowdown();
+    let within = Duration::from_secs(2) * gureum_vmm::host_check::slowdown();
     match pidfd(child.id()) {
         Some(exited) => wait_readable(&[], Some(&exited), within),
         None => {
@@ -416,7 +416,7 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>, console: &Path
     let mut spec = spec.clone();
     spec.terminal = tty.is_some();
     spec.winsize = tty.as_ref().and_then(gureum_agent::pty::winsize);
-    if let Ok(signals) = super::native::wait::HeldSignals::hold() {
+    if let Ok(signals) = crate::sys::wait::HeldSignals::hold() {
         let w = writer.clone();
         let tty = tty.as_ref().and_then(|t| t.try_clone().ok());
         std::thread::spawn(move || {

@@ -1,4 +1,8 @@
-//! Thin, checked wrappers over the system calls the native runtime makes.
+//! What both isolations use from the host: thin, checked wrappers over system calls, waiting
+//! on a foreground process (`wait`), and exec.fifo (`fifo`).
+
+pub mod fifo;
+pub mod wait;
 
 use std::ffi::CString;
 use std::io;

@@ -1,12 +1,12 @@
-//! `gureum boot`: a VM from flags and an optional Firecracker-schema config file, run until
-//! the guest stops. Shared by `gureum` and the lean `gureum-vmm` executable.
+//! Booting a VM: a `BootRequest` (the config file, the overrides from flags, how to run it)
+//! resolved to a validated `VmConfig`, built, confined and run until the guest stops. What
+//! `gureum boot` and the lean `gureum-vmm` executable do once their CLI is parsed.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::BootArgs;
 use crate::config::{FirecrackerConfig, VmConfig, VmOverrides};
 use crate::host_check::KvmKind;
 use crate::{config, host_check, loader, phases, seccomp, term, vmm};
@@ -34,6 +34,23 @@ pub enum Error {
         "no kernel given and the default guest is not built: run guest-kernels/build.sh, or pass --kernel"
     )]
     NoDefaultGuest,
+}
+
+/// What to boot and how: the plain data a CLI hands the VMM.
+#[derive(Debug, Clone, Default)]
+pub struct BootRequest {
+    /// A config file in Firecracker's schema.
+    pub config_file: Option<PathBuf>,
+    /// What overrides the file (flags); with neither a kernel, the default guest boots.
+    pub overrides: VmOverrides,
+    /// Stop the guest after this many seconds and exit 124.
+    pub timeout: Option<f64>,
+    /// Print boot phases and memory use on stderr at exit.
+    pub phases: bool,
+    /// Boot a Linux kernel even on a PVM host.
+    pub allow_pvm_linux: bool,
+    /// Run without the VMM's seccomp filter.
+    pub no_seccomp: bool,
 }
 
 /// One line: the error and each cause after it (skipping causes whose text some crates already
@@ -88,7 +105,7 @@ impl SocketFile {
 
 /// The VMM's confinement, unless `--no-seccomp`.
 fn confine(
-    args: &BootArgs,
+    args: &BootRequest,
     socket: Option<&SocketFile>,
 ) -> Result<Option<seccomp::Confinement>, Error> {
     if args.no_seccomp {
@@ -129,22 +146,12 @@ pub fn default_guest() -> (PathBuf, PathBuf) {
 }
 
 /// Defaults < config file < flags, validated.
-pub fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
-    let file = match &args.config {
+pub fn resolve_config(args: &BootRequest) -> Result<VmConfig, Error> {
+    let file = match &args.config_file {
         Some(path) => FirecrackerConfig::from_file(path)?.into(),
         None => VmOverrides::default(),
     };
-    let mut flags = VmOverrides {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-        vcpus: args.vcpus,
-        memory_mib: args.memory,
-        disks: (!args.disk.is_empty()).then(|| args.disk.clone()),
-        nets: (!args.net.is_empty()).then(|| args.net.clone()),
-        vsock: args.vsock.clone(),
-        rng: args.rng.then_some(true),
-    };
+    let mut flags = args.overrides.clone();
     if flags.kernel.is_none() && file.kernel.is_none() {
         let (kernel, initrd) = default_guest();
         if !kernel.exists() || !initrd.exists() {
@@ -156,7 +163,7 @@ pub fn resolve_config(args: &BootArgs) -> Result<VmConfig, Error> {
     Ok(file.overridden_by(flags).into_config()?)
 }
 
-pub fn boot(args: &BootArgs, start: Instant) -> Result<i32, Error> {
+pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
     let config = resolve_config(args)?;
     let timeout = args
         .timeout

@@ -123,7 +123,7 @@ fn v1_limits_go_to_each_controller_s_hierarchy() {
 fn v1_device_rules_are_written_in_order_before_the_defaults() {
     let t = Tree::new("v1-devices");
     let cg = t.v1();
-    let deny = crate::container::bundle::DeviceRule {
+    let deny = crate::bundle::DeviceRule {
         allow: false,
         kind: 'a',
         major: None,

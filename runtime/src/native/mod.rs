@@ -7,8 +7,6 @@
 mod init;
 pub mod mounts;
 pub mod pty;
-pub mod sys;
-pub mod wait;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -19,7 +17,7 @@ use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
 use super::hooks::{self, Point};
 use super::state::{self, Record, Status};
-use sys::{os_err, path_c, pipe, write_all};
+use crate::sys::{os_err, path_c, pipe, write_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,24 +76,6 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
     }
     // SAFETY: a fresh fd nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// exec.fifo, which a native init or a sandbox's monitor opens to wait for `start`; owned by
-/// the user a native init runs as.
-pub fn make_fifo(bundle: &Bundle, state_dir: &Path) -> Result<(), Error> {
-    let fifo = path_c(&state_dir.join("exec.fifo")).map_err(sys("name exec.fifo"))?;
-    // SAFETY: mkfifo with a NUL-terminated path.
-    if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
-        return Err(Error::Sys("make exec.fifo".into(), os_err()));
-    }
-    // With a user namespace the init runs as its root: the fifo must be that user's (runc too).
-    if let Some((uid, gid)) = root_ids(bundle) {
-        // SAFETY: chown with a NUL-terminated path.
-        if unsafe { libc::chown(fifo.as_ptr(), uid, gid) } != 0 {
-            return Err(Error::Sys("chown exec.fifo".into(), os_err()));
-        }
-    }
-    Ok(())
 }
 
 /// The CLONE_* flags of the namespaces to create, and those to join (by path).
@@ -216,7 +196,9 @@ fn before_pivot_hooks(
 }
 
 /// The host uid and gid that a new user namespace's root maps to, if config.json has maps.
-fn root_ids(bundle: &Bundle) -> Option<(u32, u32)> {
+/// Who owns exec.fifo: with a user namespace the init runs as its root, the host ids that
+/// container ids 0 map to.
+pub fn fifo_owner(bundle: &Bundle) -> Option<(u32, u32)> {
     let linux = bundle.spec.linux().as_ref()?;
     let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
         maps.iter()
@@ -246,40 +228,6 @@ fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<(), Error> {
             .collect();
         std::fs::write(format!("/proc/{pid}/{file}"), text)
             .map_err(sys(&format!("write {file}")))?;
-    }
-    Ok(())
-}
-
-/// Releases a created container: opens its fifo, which lets the init go on to run the process.
-pub fn start(state_dir: &Path) -> Result<(), Error> {
-    let path = state_dir.join("exec.fifo");
-    let c = path_c(&path).map_err(sys("name exec.fifo"))?;
-    // Non-blocking open: a dead init must not hang `start`.
-    // SAFETY: open with a NUL-terminated path; the fd is owned below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::Sys("open exec.fifo".into(), os_err()));
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: polls one valid pollfd for up to 10 s.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-    let mut byte = [0u8; 1];
-    // SAFETY: reads one byte into a live buffer.
-    let n = unsafe { libc::read(fd.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
-    let _ = std::fs::remove_file(&path);
-    if ready <= 0 || n != 1 {
-        return Err(Error::InitDied);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Error, Image};
-use crate::container::native::sys::mount;
+use crate::sys::mount;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -103,7 +103,7 @@ fn default_config(
 
 /// Unmounts and removes a bundle made by [`make`].
 pub fn remove(dir: &Path) {
-    if let Ok(c) = crate::container::native::sys::path_c(&dir.join("rootfs")) {
+    if let Ok(c) = crate::sys::path_c(&dir.join("rootfs")) {
         // SAFETY: umount2 with a NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }

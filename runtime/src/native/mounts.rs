@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{Mount, Spec};
 
-use crate::container::bundle::Process;
+use crate::bundle::Process;
 
-use super::sys::{cstr, mount, os_err};
+use crate::sys::{cstr, mount, os_err};
 
 /// `unsafe_path` inside `root`, with every symlink resolved as if `root` were `/`, so a
 /// rootfs's symlinks cannot point a mount outside it.

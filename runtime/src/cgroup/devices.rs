@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use super::Error;
-use crate::container::bundle::DeviceRule;
+use crate::bundle::DeviceRule;
 
 /// Devices every container may use, after the spec's own rules (runc's list): mknod of any,
 /// null, zero, full, tty, random, urandom, the ptys and the tun device.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{Error, hex_of};
-use crate::container::native::sys::path_c;
+use crate::sys::path_c;
 
 struct Hashing<R> {
     inner: R,

@@ -7,9 +7,11 @@ mod control;
 pub mod features;
 pub mod hooks;
 pub mod image;
+mod isolation;
 pub mod native;
 pub mod seccomp;
 pub mod state;
+pub mod sys;
 pub mod vm;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -18,8 +20,8 @@ use std::path::{Path, PathBuf};
 use bundle::{Bundle, Isolation, Process};
 use cgroup::Cgroup;
 pub use control::{pause, pids, resume, update};
-use native::wait::{HeldSignals, wait};
 use state::{Record, Status, Store};
+use sys::wait::{HeldSignals, wait};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,6 +33,8 @@ pub enum Error {
     Native(#[from] native::Error),
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
+    #[error(transparent)]
+    Fifo(#[from] sys::fifo::Error),
     #[error(transparent)]
     Vm(#[from] vm::Error),
     #[error(transparent)]
@@ -156,17 +160,8 @@ fn create_with(
     opts: &CreateOptions,
 ) -> Result<(Record, Option<OwnedFd>), Error> {
     let isolation = isolation(g, bundle)?;
-    match isolation {
-        Isolation::Vm => {
-            vm::check_host()?;
-            let hooks = bundle.spec.hooks().as_ref();
-            let inside = [hooks::Point::CreateContainer, hooks::Point::StartContainer];
-            if inside.iter().any(|p| hooks::has(*p, hooks)) {
-                return Err(Error::VmHooks);
-            }
-        }
-        Isolation::Native => bundle.check_sysctls()?,
-    }
+    let isolator = isolation::of(isolation);
+    isolator.check(bundle)?;
     let store = Store::new(&g.root);
     let dir = store.reserve(id)?;
     let cgroup = Cgroup::of(id, bundle.cgroups_path.as_deref());
@@ -189,19 +184,9 @@ fn create_with(
         cgroup: Some(cgroup.clone()),
     };
     store.save(&record)?;
-    native::make_fifo(bundle, &dir)?;
-    let (pid, master) = match isolation {
-        Isolation::Native => {
-            cgroup.create(&bundle.resources)?;
-            native::create(bundle, &record, &dir, &cgroup, bundle.process.terminal)?
-        }
-        Isolation::Vm => {
-            cgroup.create(&bundle.resources.for_vmm())?;
-            let (pid, master) = vm::create(bundle, &dir, &cgroup)?;
-            runtime_hooks(&record, pid)?;
-            (pid, master)
-        }
-    };
+    sys::fifo::make(&dir, native::fifo_owner(bundle))?;
+    cgroup.create(&isolator.host_resources(bundle))?;
+    let (pid, master) = isolator.create(bundle, &record, &dir, &cgroup)?;
     record.pid = pid;
     record.pid_start = state::start_time(pid).unwrap_or_default();
     store.save(&record)?;
@@ -263,7 +248,7 @@ pub fn start(g: &Global, id: &str) -> Result<(), Error> {
     let record = store.load(id)?;
     expect(&store, &record, Status::Created)?;
     // A native init and a sandbox's monitor both wait on exec.fifo.
-    native::start(&store.dir(id))?;
+    sys::fifo::release(&store.dir(id))?;
     poststart(&record);
     Ok(())
 }
@@ -288,7 +273,7 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
     let (record, master) = create_with(g, id, &bundle, opts)?;
     let mut phases = vec![("created", state::monotonic_us())];
     let store = Store::new(&g.root);
-    let started = native::start(&store.dir(id));
+    let started = sys::fifo::release(&store.dir(id));
     phases.push(("started", state::monotonic_us()));
     let code = match started {
         Ok(()) => {
@@ -303,7 +288,7 @@ pub fn run(g: &Global, id: &str, bundle_dir: &Path, opts: &CreateOptions) -> Res
         }
     };
     phases.push(("exited", state::monotonic_us()));
-    let sandbox = vm::phases(&store.dir(id));
+    let sandbox = isolation::of(record.isolation).phases(&store.dir(id));
     destroy(&store, &record);
     phases.push(("torn_down", state::monotonic_us()));
     if let Some(main_us) = opts.phases_since {
@@ -385,23 +370,26 @@ pub fn state(g: &Global, id: &str) -> Result<String, Error> {
 
 /// `kill`: a signal to the container's process (with `all`, to every process of it).
 pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<(), Error> {
-    let sig = native::sys::parse_signal(signal).ok_or_else(|| Error::Signal(signal.into()))?;
+    let sig = sys::parse_signal(signal).ok_or_else(|| Error::Signal(signal.into()))?;
     let store = Store::new(&g.root);
     let record = store.load(id)?;
-    let status = control::live(&store, &record)?;
-    // In a sandbox the agent signals every process of the guest: it must be running to answer.
-    if all && record.isolation == Isolation::Vm && status != Status::Created {
-        expect(&store, &record, Status::Running)?;
-        return Ok(vm::signal_all(&store.dir(id), sig)?);
+    control::live(&store, &record)?;
+    if all {
+        return isolation::of(record.isolation).signal_all(&store, &record, sig);
     }
-    let mut pids = vec![record.pid];
-    if all && record.isolation == Isolation::Native {
-        pids.extend(record.cgroup().pids());
-    }
-    for pid in pids {
+    signal_pids(&record, &[record.pid], sig)
+}
+
+/// Signals `pids` of the container; only a failure for its own process is an error (the others
+/// may have exited meanwhile).
+fn signal_pids(record: &Record, pids: &[i32], sig: libc::c_int) -> Result<(), Error> {
+    for &pid in pids {
         // SAFETY: signals a process of this container.
         if unsafe { libc::kill(pid, sig) } != 0 && pid == record.pid {
-            return Err(Error::Kill(id.into(), std::io::Error::last_os_error()));
+            return Err(Error::Kill(
+                record.id.clone(),
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())
@@ -487,41 +475,7 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
     let record = store.load(id)?;
     expect(&store, &record, Status::Running)?;
     let process = exec_process(&record.process, opts)?;
-    if record.isolation == Isolation::Vm {
-        // Our own terminal is raw meanwhile: the guest's pty echoes and edits.
-        let mut _raw = None;
-        let tty = match (process.terminal, &opts.console_socket) {
-            (false, _) => None,
-            (true, Some(socket)) => {
-                let (master, slave) = host_pty()?;
-                send_console(socket, &master)?;
-                Some(slave)
-            }
-            (true, None) => {
-                let own = own_terminal()?;
-                _raw = crate::term::RawTerminal::enable(0);
-                Some(own)
-            }
-        };
-        if opts.detach {
-            let pid = vm::exec_detached(&store.dir(id), &process, tty)?;
-            write_pid_file(opts.pid_file.as_deref(), pid)?;
-            return Ok(0);
-        }
-        return Ok(vm::exec(&store.dir(id), &process, tty)?);
-    }
-    let signals = HeldSignals::hold().map_err(|e| Error::Io("hold signals".into(), e))?;
-    let (pid, mut master) = native::exec(record.pid, &process, &record.cgroup(), process.terminal)?;
-    write_pid_file(opts.pid_file.as_deref(), pid)?;
-    if let Some(socket) = &opts.console_socket
-        && let Some(m) = master.take()
-    {
-        send_console(socket, &m)?;
-    }
-    if opts.detach {
-        return Ok(0);
-    }
-    Ok(wait(pid, &signals, master.as_ref()))
+    isolation::of(record.isolation).exec(&store.dir(id), &record, &process, opts)
 }
 
 fn exec_process(base: &Process, opts: &ExecOptions) -> Result<Process, Error> {

@@ -41,7 +41,7 @@ pub enum Error {
 }
 
 /// Where a container runs: in its own microVM or in namespaces on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     Vm,
