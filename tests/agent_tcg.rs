@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use gureum_agent::client;
-use gureum_agent::protocol::RunSpec;
+use gureum_process::client;
+use gureum_process::protocol::RunSpec;
 
 fn agent_initramfs() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -120,7 +120,7 @@ fn container(args: &[&str]) -> RunSpec {
         "hostname": "tcg-box"
     });
     let spec: oci_spec::runtime::Spec = serde_json::from_value(config).unwrap();
-    let mut run = gureum_agent::oci::process_settings(spec.process().as_ref().unwrap()).unwrap();
+    let mut run = gureum_process::oci::process_settings(spec.process().as_ref().unwrap()).unwrap();
     run.root = Some("/dev/vda".into());
     run.readonly = spec
         .root()
@@ -164,8 +164,8 @@ fn capabilities_seccomp_sysctl_and_a_terminal_in_our_guest_under_tcg() {
          /bin/busybox cat /proc/sys/kernel/shmmni; /bin/busybox tty",
     ]);
     spec.readonly = false;
-    let kill = gureum_agent::security::cap_mask(["CAP_KILL"]).unwrap();
-    spec.capabilities = Some(gureum_agent::security::Caps {
+    let kill = gureum_process::security::cap_mask(["CAP_KILL"]).unwrap();
+    spec.capabilities = Some(gureum_process::security::Caps {
         bounding: kill,
         effective: kill,
         permitted: kill,

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use gureum_agent::protocol::RunSpec;
+use gureum_process::protocol::RunSpec;
 
 /// Waits for a connection on `listener` up to `within` (scaled).
 fn accept_within(listener: &UnixListener, within: Duration) -> Option<UnixStream> {
@@ -88,7 +88,7 @@ fn vsock_both_ways_through_the_agent() {
     let data = common::pseudo_random(11, 8 << 20);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let writer = conn.try_clone().unwrap();
-    let ended = gureum_agent::client::run(
+    let ended = gureum_process::client::run(
         conn,
         writer,
         &spec,

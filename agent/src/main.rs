@@ -5,6 +5,8 @@
 //! connection runs the container's process and later ones `exec` sessions), and restarts the
 //! VM when the container's process is done (with `reboot=k`, the VMM exits).
 
+mod runner;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 
@@ -49,15 +51,15 @@ fn listen(path: &str) -> Result<(), String> {
     let (conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
     let writer = conn.try_clone().map_err(|e| format!("socket: {e}"))?;
     let _ = std::fs::remove_file(path);
-    gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string())
+    runner::serve(conn, writer).map_err(|e| e.to_string())
 }
 
 fn init() -> Result<(), String> {
-    gureum_agent::runner::mount("proc", "/proc", "proc", 0, "")?;
-    gureum_agent::runner::mount("sysfs", "/sys", "sysfs", 0, "")?;
-    gureum_agent::runner::mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
-    gureum_agent::runner::mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666,mode=0620")?;
-    gureum_agent::runner::mount("tmpfs", "/run", "tmpfs", 0, "")?;
+    runner::mount("proc", "/proc", "proc", 0, "")?;
+    runner::mount("sysfs", "/sys", "sysfs", 0, "")?;
+    runner::mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
+    runner::mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666,mode=0620")?;
+    runner::mount("tmpfs", "/run", "tmpfs", 0, "")?;
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
     let param = |key: &str| {
@@ -80,7 +82,7 @@ fn init() -> Result<(), String> {
                 .open(&path)
                 .map_err(|e| format!("cannot open {path}: {e}"))?;
             let writer = port.try_clone().map_err(|e| format!("{path}: {e}"))?;
-            gureum_agent::runner::serve(port, writer).map_err(|e| e.to_string())
+            runner::serve(port, writer).map_err(|e| e.to_string())
         }
         Some(("vsock", port)) => {
             let port = port
@@ -247,7 +249,7 @@ fn accept(listener: &OwnedFd) -> Result<std::fs::File, String> {
 fn serve_file(conn: std::fs::File) -> Result<(), String> {
     let writer = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
     let linger = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
-    let result = gureum_agent::runner::serve(conn, writer).map_err(|e| e.to_string());
+    let result = runner::serve(conn, writer).map_err(|e| e.to_string());
     wait_for_close(linger);
     result
 }

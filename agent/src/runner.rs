@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::{self, Kind, RunSpec};
-use crate::pty;
-use crate::security::Seccomp;
+use gureum_process::protocol::{self, Kind, RunSpec};
+use gureum_process::security::Seccomp;
+use gureum_process::{limits, pty, security, signals, sysctl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,7 +56,7 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
             return Err((format!("cannot set hostname {name:?}: {e}"), 126));
         }
     }
-    set_sysctls(&spec.sysctl).map_err(|why| (why, 126))?;
+    sysctl::set(&spec.sysctl).map_err(|why| (why, 126))?;
     let mut cmd = Command::new(program);
     if let Some(root) = root {
         let root = std::ffi::CString::new(root).map_err(|_| ("bad root path".to_string(), 126))?;
@@ -121,24 +121,6 @@ fn attach_stdio(cmd: &mut Command, spec: &RunSpec) -> Result<Option<OwnedFd>, (S
     Ok(Some(master))
 }
 
-/// No signal blocked and every disposition the default, so a process starts clean whatever
-/// its starter blocked or ignored (both survive exec). Only async-signal-safe calls: it runs
-/// between fork and exec (the agent's and gureum's native init's).
-pub fn reset_signals() {
-    // SAFETY: sigemptyset/sigprocmask on a local set, and signal(2) with SIG_DFL on valid
-    // numbers, in the forked child.
-    unsafe {
-        let mut none = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-    }
-}
-
 /// Limits, credentials, capabilities and seccomp, applied between fork and exec.
 fn confine(cmd: &mut Command, spec: &RunSpec) {
     let (rlimits, nnp) = (spec.rlimits.clone(), spec.no_new_privileges);
@@ -152,9 +134,9 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
     // from the bounding set need the agent's privileges; seccomp without no_new_privs too).
     unsafe {
         cmd.pre_exec(move || {
-            reset_signals();
-            crate::limits::apply(&rlimits).map_err(io::Error::other)?;
-            let identity = crate::security::Identity {
+            signals::reset();
+            limits::apply(&rlimits).map_err(io::Error::other)?;
+            let identity = security::Identity {
                 uid,
                 gid,
                 groups: &groups,
@@ -165,26 +147,6 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
             identity.apply(|| Ok(()))
         });
     }
-}
-
-/// `linux.sysctl` for the whole guest, which is the container's.
-/// Also the native runtime's, in the container's namespaces.
-pub fn set_sysctls(sysctl: &[(String, String)]) -> Result<(), String> {
-    for (key, value) in sysctl {
-        if !sysctl_name(key) {
-            return Err(format!("bad sysctl name {key:?}"));
-        }
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl {key}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// A sysctl's name and nothing more: dotted parts, none empty, no path of its own
-/// ("net./../../sysrq-trigger" is not one).
-pub fn sysctl_name(key: &str) -> bool {
-    key.split('.')
-        .all(|part| !part.is_empty() && !part.contains('/'))
 }
 
 /// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later

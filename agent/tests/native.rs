@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use gureum_agent::client::{self, Ended};
-use gureum_agent::protocol::RunSpec;
+use gureum_process::client::{self, Ended};
+use gureum_process::protocol::RunSpec;
 
 struct Agent {
     child: Child,
@@ -215,7 +215,7 @@ fn sigterm_ends_a_sleeping_process_with_143_within_a_second() {
 fn a_bad_first_frame_is_refused() {
     let agent = Agent::start();
     let mut conn = agent.connect();
-    gureum_agent::protocol::write_frame(&mut conn, gureum_agent::protocol::Kind::Stdin, b"x")
+    gureum_process::protocol::write_frame(&mut conn, gureum_process::protocol::Kind::Stdin, b"x")
         .unwrap();
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
@@ -303,7 +303,7 @@ fn a_container_root_is_mounted_from_a_disk_writable_through_an_overlay() {
 
 #[test]
 fn capabilities_and_seccomp_are_applied() {
-    use gureum_agent::security::{Caps, Seccomp};
+    use gureum_process::security::{Caps, Seccomp};
     let kill = 1 << 5;
     let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     // mkdir (83) and mkdirat (258) fail with EACCES; everything else is allowed.
@@ -357,14 +357,14 @@ fn a_terminal_is_a_pty_with_the_size_given_and_echoes_input() {
 
 #[test]
 fn a_resize_reaches_the_terminal() {
-    use gureum_agent::protocol::{self, Kind};
+    use gureum_process::protocol::{self, Kind};
     let mut s = spec(&["sh", "-c", "read a; stty size"]);
     s.terminal = true;
     s.winsize = Some((24, 80));
     let agent = Agent::start();
     let mut conn = agent.connect();
     protocol::write_frame(&mut conn, Kind::Run, &serde_json::to_vec(&s).unwrap()).unwrap();
-    let size = gureum_agent::pty::encode_size((50, 132));
+    let size = gureum_process::pty::encode_size((50, 132));
     protocol::write_frame(&mut conn, Kind::Resize, &size).unwrap();
     protocol::write_frame(&mut conn, Kind::Stdin, b"go\n").unwrap();
     let mut out = Vec::new();

@@ -18,7 +18,7 @@ pub enum Error {
     #[error("config.json has no process to run (process.args is empty)")]
     NoArgs,
     #[error(transparent)]
-    Process(gureum_agent::oci::Error),
+    Process(gureum_process::oci::Error),
     #[error("the rootfs {0} does not exist or is not a directory")]
     NoRootfs(PathBuf),
     #[error(
@@ -58,7 +58,7 @@ impl Isolation {
 }
 
 /// The process settings gureum applies, natively or through the guest agent.
-pub use gureum_agent::protocol::RunSpec as Process;
+pub use gureum_process::protocol::RunSpec as Process;
 
 /// Cgroup limits from `linux.resources`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -207,7 +207,7 @@ impl Bundle {
             .contains(&key.as_str())
                 || key.starts_with("kernel.shm")
                 || key.starts_with("fs.mqueue.");
-            let plain = gureum_agent::runner::sysctl_name(key);
+            let plain = gureum_process::sysctl::valid_name(key);
             let isolated = (ipc && new(LinuxNamespaceType::Ipc))
                 || (key.starts_with("net.") && new(LinuxNamespaceType::Network))
                 || (["kernel.hostname", "kernel.domainname"].contains(&key.as_str())
@@ -244,7 +244,7 @@ impl Bundle {
 }
 
 pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<Process, Error> {
-    gureum_agent::oci::process_settings(p).map_err(Error::Process)
+    gureum_process::oci::process_settings(p).map_err(Error::Process)
 }
 
 fn resources(spec: &Spec) -> Resources {

@@ -41,7 +41,11 @@ pub fn features() -> Features {
         .build();
     let linux = LinuxFeatureBuilder::default()
         .namespaces(namespaces.to_vec())
-        .capabilities(gureum_agent::security::CAP_NAMES.map(String::from).to_vec())
+        .capabilities(
+            gureum_process::security::CAP_NAMES
+                .map(String::from)
+                .to_vec(),
+        )
         .cgroup(cgroup.unwrap_or_default())
         .seccomp(seccomp.unwrap_or_default())
         .apparmor(

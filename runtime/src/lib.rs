@@ -214,7 +214,7 @@ fn runtime_hooks(record: &Record, pid: i32) -> Result<(), Error> {
 
 /// A pty on the host: (master, slave).
 fn host_pty() -> Result<(OwnedFd, OwnedFd), Error> {
-    gureum_agent::pty::open_pair(c"/dev/ptmx").map_err(|e| Error::Io("open a pty".into(), e))
+    gureum_process::pty::open_pair(c"/dev/ptmx").map_err(|e| Error::Io("open a pty".into(), e))
 }
 
 /// This process's terminal (stdin), for a sandbox's `exec -t`.
@@ -466,7 +466,7 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     /// The process's capability sets (from --process); None keeps the container's.
-    pub capabilities: Option<gureum_agent::security::Caps>,
+    pub capabilities: Option<gureum_process::security::Caps>,
 }
 
 /// `exec`: a second process in a running container. Returns its exit status (0 if detached).

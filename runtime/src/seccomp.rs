@@ -1,5 +1,5 @@
 //! `linux.seccomp` compiled to BPF on the host (seccompiler), for the native init and the guest
-//! agent to install as they are (`gureum_agent::security`).
+//! agent to install as they are (`gureum_process::security`).
 //!
 //! seccompiler builds filters with one action on a match and one on a miss, while an OCI
 //! profile gives each syscall its own action. So a profile becomes several filters, relying on
@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use gureum_agent::security::Seccomp;
+use gureum_process::security::Seccomp;
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, LinuxSyscall};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,

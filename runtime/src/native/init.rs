@@ -141,7 +141,7 @@ fn prepare(plan: &Plan, go: &OwnedFd, report: &OwnedFd) -> Result<(CString, Vec<
     } else {
         before_pivot().map_err(|e| (1, e))?;
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
-        gureum_agent::runner::set_sysctls(&bundle.process.sysctl).map_err(|e| (1, e))?;
+        gureum_process::sysctl::set(&bundle.process.sysctl).map_err(|e| (1, e))?;
     }
     if let (true, Some(name)) = (plan.new_uts_ns, &bundle.process.hostname) {
         // SAFETY: sethostname reads name.len() bytes from a live string.
@@ -284,8 +284,8 @@ fn credentials_and_cwd(p: &Process) -> Result<(), (i32, String)> {
     let filters = p
         .seccomp
         .as_ref()
-        .map(gureum_agent::security::Seccomp::unpack);
-    let identity = gureum_agent::security::Identity {
+        .map(gureum_process::security::Seccomp::unpack);
+    let identity = gureum_process::security::Identity {
         uid: p.uid,
         gid: p.gid,
         groups: &p.additional_gids,
@@ -315,8 +315,8 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
         exit(code);
     };
     // gureum and the init block the signals they forward; Rust's runtime ignores SIGPIPE.
-    gureum_agent::runner::reset_signals();
-    if let Err(why) = gureum_agent::limits::apply(&p.rlimits) {
+    gureum_process::signals::reset();
+    if let Err(why) = gureum_process::limits::apply(&p.rlimits) {
         let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
         exit(126);
     }

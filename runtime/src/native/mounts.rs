@@ -222,7 +222,7 @@ pub fn setup_rootfs(
     before_pivot()?;
     pivot_root(rootfs)?;
     // linux.sysctl, through the container's /proc/sys, before it is made read-only.
-    gureum_agent::runner::set_sysctls(&p.sysctl)?;
+    gureum_process::sysctl::set(&p.sysctl)?;
     if p.readonly {
         mount(
             none,

@@ -32,7 +32,7 @@ pub fn open_in_container() -> Result<OwnedFd, String> {
         format!("process.terminal: cannot {what} (is /dev/pts mounted?): {e}")
     };
     let (master, slave) =
-        gureum_agent::pty::open_pair(c"/dev/ptmx").map_err(|e| fail("open a pty", e))?;
+        gureum_process::pty::open_pair(c"/dev/ptmx").map_err(|e| fail("open a pty", e))?;
     for target in 0..3 {
         // SAFETY: dup2 onto this (child) process's standard descriptors.
         if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {

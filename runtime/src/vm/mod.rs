@@ -1,6 +1,6 @@
-//! MicroVM isolation: a fresh VM per container. `create` forks a monitor process that boots
-//! `gureum boot` with our kernel, the agent's initramfs, the rootfs as a read-only virtio-blk
-//! disk and a vsock device; once the agent answers on vsock it reports ready and waits on
+//! MicroVM isolation: a fresh VM per container. `create` forks a monitor process that runs
+//! `gureum-vmm boot --config vm.json` (the VmConfig in the state directory: our kernel, the
+//! agent's initramfs, the rootfs as a read-only virtio-blk disk and a vsock device); once the agent answers on vsock it reports ready and waits on
 //! exec.fifo like a native init. On `start` it sends the process settings, relays the stdio it
 //! inherited from `create`, turns signals it receives into Signal frames, and exits with the
 //! process's status. `exec` is one more agent connection. The VMM dies with its monitor.
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gureum_agent::client;
+use gureum_process::client;
 
 use super::bundle::{Bundle, Process};
 use super::cgroup::Cgroup;
@@ -153,7 +153,7 @@ pub fn create(
     .into_config()?;
     let vmm = gureum_vmm::boot::launch(&exe, &config, &dir.join("vm.json")).map_err(Error::Sys)?;
     let (master, tty) = match bundle.process.terminal {
-        true => gureum_agent::pty::open_pair(c"/dev/ptmx")
+        true => gureum_process::pty::open_pair(c"/dev/ptmx")
             .map(|(m, s)| (Some(m), Some(s)))
             .map_err(Error::Sys)?,
         false => (None, None),
@@ -415,14 +415,14 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>, console: &Path
         .map(std::fs::File::from);
     let mut spec = spec.clone();
     spec.terminal = tty.is_some();
-    spec.winsize = tty.as_ref().and_then(gureum_agent::pty::winsize);
+    spec.winsize = tty.as_ref().and_then(gureum_process::pty::winsize);
     if let Ok(signals) = crate::sys::wait::HeldSignals::hold() {
         let w = writer.clone();
         let tty = tty.as_ref().and_then(|t| t.try_clone().ok());
         std::thread::spawn(move || {
             while let Some(sig) = signals.next_forwarded() {
                 let sent = match (sig, &tty) {
-                    (libc::SIGWINCH, Some(t)) => gureum_agent::pty::winsize(t)
+                    (libc::SIGWINCH, Some(t)) => gureum_process::pty::winsize(t)
                         .map_or(Ok(()), |size| client::resize(&w, size)),
                     (libc::SIGWINCH, None) => Ok(()),
                     _ => client::signal(&w, sig),
