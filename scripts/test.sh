@@ -14,6 +14,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Each library crate alone, with only the features it asks for: a crate that leans on another's
+# features or dependencies fails here, not in a user's build.
+echo "== each crate builds on its own"
+for crate in gureum-devices gureum-vmm gureum-process gureum-runtime gureum-agent; do
+  cargo check --quiet -p "$crate"
+done
 
 kind=$(target/release/gureum host-check --json 2>/dev/null | sed -n 's/.*"kind": "\([a-z-]*\)".*/\1/p' || true)
 # Under the checkout: the KVM test machine sees it, not this host's /tmp.
