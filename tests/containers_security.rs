@@ -393,7 +393,7 @@ fn sandbox_hooks(isolation: &'static str) {
             let text = std::fs::read_to_string(out_dir.join(format!("{p}.json"))).unwrap();
             let s: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(s["status"], status, "{p}: {s}");
-            assert_eq!(s["annotations"]["gureum.isolation"], "vm", "{p}: {s}");
+            assert_eq!(s["isolation"], "vm", "{p}: {s}");
         }
         b.assert_gone(&id("vmhooks"));
         b.config(serde_json::json!({"args": ["true"]}), |c| {

@@ -30,14 +30,43 @@ pub enum Error {
     BadCgroupsPath(PathBuf),
     #[error("annotation gureum.isolation must be vm or native, not {0:?}")]
     BadIsolation(String),
+    #[error("sysctl {0:?} {1}")]
+    Sysctl(String, &'static str),
     #[error(
-        "sysctl {0} is not isolated by the container's namespaces (only kernel.msg*, kernel.sem, \
-         kernel.shm*, fs.mqueue.* with an ipc namespace, net.* with a network namespace, \
-         kernel.hostname and kernel.domainname with a uts namespace)"
+        "hostname {0:?} needs a uts namespace of the container's (linux.namespaces lists none)"
     )]
-    Sysctl(String),
+    HostnameWithoutUts(String),
+    #[error(
+        "{0} need a mount namespace of the container's (linux.namespaces lists none): they \
+         would change the host's mounts"
+    )]
+    MountsWithoutMountNs(&'static str),
+    #[error("cannot tell whether the network namespace {0} is this host's")]
+    NetnsPath(PathBuf, #[source] std::io::Error),
     #[error("linux.seccomp")]
     Seccomp(#[from] super::seccomp::Error),
+}
+
+/// The ipc namespace's sysctls besides fs.mqueue.* (runc's list).
+const IPC_SYSCTLS: [&str; 8] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// Whether the network namespace at `path` is this process's (a net.* sysctl there would
+/// change the host's network).
+fn is_host_netns(path: &Path) -> Result<bool, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let fail = |e| Error::NetnsPath(path.to_path_buf(), e);
+    let theirs = std::fs::metadata(path).map_err(fail)?;
+    let ours = std::fs::metadata("/proc/self/ns/net").map_err(fail)?;
+    Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
 }
 
 /// Where a container runs: in its own microVM or in namespaces on this host.
@@ -194,52 +223,95 @@ impl Bundle {
     /// Refuses a sysctl that would change the host, natively: only those a namespace the
     /// container gets of its own isolates (runc's rule). In a microVM the guest is the
     /// container's, so any goes.
-    pub fn check_sysctls(&self) -> Result<(), Error> {
-        let ns = self.namespaces();
-        let new = |t: LinuxNamespaceType| ns.iter().any(|(k, path)| *k == t && path.is_none());
-        for (key, _) in &self.process.sysctl {
-            let ipc = [
-                "kernel.msgmax",
-                "kernel.msgmnb",
-                "kernel.msgmni",
-                "kernel.sem",
-            ]
-            .contains(&key.as_str())
-                || key.starts_with("kernel.shm")
-                || key.starts_with("fs.mqueue.");
-            let plain = gureum_process::sysctl::valid_name(key);
-            let isolated = (ipc && new(LinuxNamespaceType::Ipc))
-                || (key.starts_with("net.") && new(LinuxNamespaceType::Network))
-                || (["kernel.hostname", "kernel.domainname"].contains(&key.as_str())
-                    && new(LinuxNamespaceType::Uts));
-            let ok = plain && isolated;
-            if !ok {
-                return Err(Error::Sysctl(key.clone()));
-            }
+    /// A hostname is set in the container's uts namespace, which must be listed (runc's rule):
+    /// otherwise it would be the host's.
+    pub fn check_hostname(&self) -> Result<(), Error> {
+        let uts = self
+            .namespaces()
+            .iter()
+            .any(|(k, _)| *k == LinuxNamespaceType::Uts);
+        match &self.process.hostname {
+            Some(name) if !uts => Err(Error::HostnameWithoutUts(name.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Mounts, masked and read-only paths are made in the container's mount namespace, which
+    /// must be listed: otherwise they would be the host's (runc refuses masked and read-only
+    /// paths there, and makes mounts in the host's namespace, which gureum refuses too).
+    pub fn check_mounts(&self) -> Result<(), Error> {
+        if self
+            .namespaces()
+            .iter()
+            .any(|(k, _)| *k == LinuxNamespaceType::Mount)
+        {
+            return Ok(());
+        }
+        let linux = self.spec.linux().as_ref();
+        if self.spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::MountsWithoutMountNs("mounts"));
+        }
+        let paths = |p: Option<&Vec<String>>| p.is_some_and(|p| !p.is_empty());
+        if paths(linux.and_then(|l| l.masked_paths().as_ref()))
+            || paths(linux.and_then(|l| l.readonly_paths().as_ref()))
+        {
+            return Err(Error::MountsWithoutMountNs("masked and read-only paths"));
         }
         Ok(())
     }
 
-    /// The namespaces config.json asks for: (kind, path to join or None to create).
+    pub fn check_sysctls(&self) -> Result<(), Error> {
+        let ns = self.namespaces();
+        let listed = |t: LinuxNamespaceType| ns.iter().find(|(k, _)| *k == t).map(|(_, p)| p);
+        for (key, _) in &self.process.sysctl {
+            let refuse = |why| Err(Error::Sysctl(key.clone(), why));
+            if !gureum_process::sysctl::valid_name(key) {
+                return refuse("is not a sysctl's name");
+            }
+            if IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+                if listed(LinuxNamespaceType::Ipc).is_none() {
+                    return refuse("is not allowed in the host's ipc namespace");
+                }
+                continue;
+            }
+            if key.starts_with("net.") {
+                let host = match listed(LinuxNamespaceType::Network) {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(path)) => is_host_netns(path)?,
+                };
+                if host {
+                    return refuse("is not allowed in the host's network namespace");
+                }
+                continue;
+            }
+            if listed(LinuxNamespaceType::Uts).is_some() {
+                match key.as_str() {
+                    "kernel.domainname" => continue,
+                    "kernel.hostname" => {
+                        return refuse("conflicts with the config's hostname: set that instead");
+                    }
+                    _ => {}
+                }
+            }
+            return refuse("is not in a namespace of the container's");
+        }
+        Ok(())
+    }
+
+    /// The namespaces config.json lists, and no other (runc's rule: a config with none shares
+    /// every namespace with the host): (kind, path to join or None to create).
     pub fn namespaces(&self) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
         let listed = self
             .spec
             .linux()
             .as_ref()
-            .and_then(|l| l.namespaces().clone());
-        match listed {
-            Some(list) => list.iter().map(|n| (n.typ(), n.path().clone())).collect(),
-            None => [
-                LinuxNamespaceType::Pid,
-                LinuxNamespaceType::Mount,
-                LinuxNamespaceType::Uts,
-                LinuxNamespaceType::Ipc,
-                LinuxNamespaceType::Network,
-            ]
+            .and_then(|l| l.namespaces().as_ref());
+        listed
             .into_iter()
-            .map(|t| (t, None))
-            .collect(),
-        }
+            .flatten()
+            .map(|n| (n.typ(), n.path().clone()))
+            .collect()
     }
 }
 

@@ -56,6 +56,8 @@ struct Native;
 
 impl Isolator for Native {
     fn check(&self, bundle: &Bundle) -> Result<(), Error> {
+        bundle.check_hostname()?;
+        bundle.check_mounts()?;
         Ok(bundle.check_sysctls()?)
     }
 

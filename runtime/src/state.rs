@@ -88,23 +88,23 @@ pub struct OciState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     pub bundle: PathBuf,
+    /// The bundle's own annotations, untouched.
     pub annotations: std::collections::HashMap<String, String>,
+    /// gureum's own field, beside the spec's (as runc adds rootfs, created and owner): how the
+    /// container is isolated.
+    pub isolation: Isolation,
 }
 
 impl OciState {
     pub fn of(record: &Record, status: Status) -> Self {
-        let mut annotations = record.annotations.clone();
-        annotations.insert(
-            "gureum.isolation".into(),
-            record.isolation.as_str().to_string(),
-        );
         OciState {
             oci_version: "1.2.0".into(),
             id: record.id.clone(),
             status,
             pid: (status != Status::Stopped && record.pid > 0).then_some(record.pid),
             bundle: record.bundle.clone(),
-            annotations,
+            annotations: record.annotations.clone(),
+            isolation: record.isolation,
         }
     }
 }

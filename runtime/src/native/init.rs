@@ -1,8 +1,8 @@
-//! What runs inside a native container. Its first process (PID 1 of the new PID namespace) sets
-//! up the filesystem, reports ready, waits for `start`, then forks the container's process and
-//! stays as a minimal init: it forwards every signal to that process, reaps orphans, and exits
-//! with the process's status (128+N for signal N). Without it a process that is PID 1 would
-//! ignore SIGTERM (the kernel drops default-action signals to a namespace's init).
+//! What runs inside a native container. Its first process (PID 1 of a new pid namespace) sets
+//! up the filesystem, reports ready, waits for `start`, then becomes the container's process
+//! (execve), as runc's init does: `state`'s pid is the process's, and a PID-1 process that does
+//! not handle SIGTERM ignores it, as under runc (the kernel drops default-action signals to a
+//! namespace's init).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,7 +12,7 @@ use super::mounts;
 use crate::bundle::{Bundle, Process};
 use crate::cgroup::Cgroup;
 use crate::hooks::{self, Point};
-use crate::sys::{cstr, exit_code, full_sigset, os_err, set_sigmask, write_all};
+use crate::sys::{cstr, os_err, write_all};
 
 /// What the container's init needs, prepared by the parent before the clone.
 pub struct Plan<'a> {
@@ -20,7 +20,8 @@ pub struct Plan<'a> {
     /// Namespaces config.json names by path, to join: (CLONE_* type, open fd).
     pub join: Vec<(libc::c_int, OwnedFd)>,
     pub new_mount_ns: bool,
-    pub new_uts_ns: bool,
+    /// A uts namespace of the container's, new or joined: the hostname is set in it.
+    pub uts_ns: bool,
     /// A new user namespace: become its root once gureum has written the id maps.
     pub new_user_ns: bool,
     /// The container's state directory, whose exec.fifo the init opens to wait for `start`.
@@ -75,14 +76,15 @@ pub fn container_init(plan: &Plan, cgroup: Option<&Cgroup>, go: &OwnedFd, report
     }
     // SAFETY: closes the fifo fd we opened above.
     unsafe { libc::close(fifo) };
-    let process = &plan.bundle.process;
-    shim(&exe, process, || {
-        let hooks = plan.bundle.spec.hooks().as_ref();
-        if let Err(e) = hooks::run(Point::StartContainer, hooks, &state) {
-            let _ = write_all(2, format!("gureum: {e}\n").as_bytes());
-            exit(1);
-        }
-    })
+    let hooks = plan.bundle.spec.hooks().as_ref();
+    if let Err(e) = hooks::run(Point::StartContainer, hooks, &state) {
+        let _ = write_all(2, format!("gureum: {e}\n").as_bytes());
+        exit(1);
+    }
+    // The init becomes the container's process (runc's model): its pid is the container's,
+    // PID 1 of a new pid namespace, and what it does with signals and orphans is its own
+    // affair (or that of an init the user asks for, as `podman --init` does).
+    exec_process(&exe, &plan.bundle.process)
 }
 
 /// Reports a failure to gureum and ends this process.
@@ -143,7 +145,7 @@ fn prepare(plan: &Plan, go: &OwnedFd, report: &OwnedFd) -> Result<(CString, Vec<
         chroot(&bundle.rootfs).map_err(|e| (1, e))?;
         gureum_process::sysctl::set(&bundle.process.sysctl).map_err(|e| (1, e))?;
     }
-    if let (true, Some(name)) = (plan.new_uts_ns, &bundle.process.hostname) {
+    if let (true, Some(name)) = (plan.uts_ns, &bundle.process.hostname) {
         // SAFETY: sethostname reads name.len() bytes from a live string.
         if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
             return Err((1, format!("cannot set hostname {name:?}: {}", os_err())));
@@ -236,44 +238,6 @@ pub fn check_process(p: &Process) -> Result<CString, Failure> {
             127,
             format!("executable {program} not found in the container"),
         ))
-    }
-}
-
-/// Stay as the container's init: fork the process (running `before_exec` in the child first),
-/// forward signals, reap, exit with its status.
-fn shim(exe: &CString, p: &Process, before_exec: impl FnOnce()) -> ! {
-    let all = full_sigset();
-    set_sigmask(libc::SIG_BLOCK, &all);
-    // SAFETY: fork in a single-threaded process; the child only execs or exits.
-    let child = unsafe { libc::fork() };
-    if child == 0 {
-        before_exec();
-        exec_process(exe, p);
-    }
-    if child < 0 {
-        exit(126);
-    }
-    loop {
-        // SAFETY: an all-zero siginfo_t is valid; sigwaitinfo fills it.
-        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
-        // SAFETY: waits on a valid set with a valid out-pointer.
-        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
-        if sig == libc::SIGCHLD {
-            loop {
-                let mut status = 0;
-                // SAFETY: reaps any exited child without blocking.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                if pid == child {
-                    exit(exit_code(status));
-                }
-            }
-        } else if sig > 0 {
-            // SAFETY: forwards a signal to our own child.
-            unsafe { libc::kill(child, sig) };
-        }
     }
 }
 

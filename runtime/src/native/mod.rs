@@ -104,18 +104,24 @@ pub fn create(
     cgroup: &Cgroup,
     terminal: bool,
 ) -> Result<(i32, Option<OwnedFd>), Error> {
-    let (flags, join) = namespaces(bundle)?;
+    let (flags, mut join) = namespaces(bundle)?;
+    // A pid namespace given by path is the init's own only if the clone is made in it.
+    let pid_ns = join.iter().position(|(t, _)| *t == libc::CLONE_NEWPID);
+    let pid_ns = pid_ns.map(|i| join.remove(i).1);
+    let uts_ns =
+        flags & libc::CLONE_NEWUTS != 0 || join.iter().any(|(t, _)| *t == libc::CLONE_NEWUTS);
     let plan = init::Plan {
         bundle,
         join,
         new_mount_ns: flags & libc::CLONE_NEWNS != 0,
-        new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
+        uts_ns,
         new_user_ns: flags & libc::CLONE_NEWUSER != 0,
         state_dir: open_dir(state_dir)?,
         terminal,
     };
     let (go_r, go_w) = pipe().map_err(sys("make a pipe"))?;
     let (report_r, report_w) = pty::socketpair().map_err(sys("make a socket pair"))?;
+    let ours = pid_ns.as_ref().map(enter_pid_ns).transpose()?;
     // The child runs only container_init, which never returns.
     let forked = cgroup.fork_into(flags);
     if let Ok((0, joined)) = forked {
@@ -125,6 +131,13 @@ pub fn create(
     }
     drop(go_r);
     drop(report_w);
+    if let Some(ours) = ours {
+        setns(
+            &ours,
+            libc::CLONE_NEWPID,
+            "come back to gureum's pid namespace",
+        )?;
+    }
     let (pid, _) = forked.map_err(sys("clone the container's init"))?;
     let result = admit(bundle, record, pid, &go_w, &report_r);
     if result.is_err() {
@@ -135,6 +148,27 @@ pub fn create(
         }
     }
     result.map(|master| (pid, master))
+}
+
+/// Makes this process's next children be born in the pid namespace `target`; returns the one
+/// they were born in before, to come back to.
+fn enter_pid_ns(target: &OwnedFd) -> Result<OwnedFd, Error> {
+    let ours = std::fs::File::open("/proc/self/ns/pid_for_children")
+        .map_err(sys("open this process's pid namespace"))?;
+    setns(
+        target,
+        libc::CLONE_NEWPID,
+        "join the pid namespace config.json names",
+    )?;
+    Ok(ours.into())
+}
+
+fn setns(fd: &OwnedFd, nstype: libc::c_int, what: &str) -> Result<(), Error> {
+    // SAFETY: setns on a namespace fd we own; a pid namespace's moves only later children.
+    match unsafe { libc::setns(fd.as_raw_fd(), nstype) } {
+        0 => Ok(()),
+        _ => Err(Error::Sys(what.into(), os_err())),
+    }
 }
 
 /// Parent's half of set-up: id maps, go-ahead, then the init's report.
@@ -195,7 +229,6 @@ fn before_pivot_hooks(
     Ok(Vec::new())
 }
 
-/// The host uid and gid that a new user namespace's root maps to, if config.json has maps.
 /// Who owns exec.fifo: with a user namespace the init runs as its root, the host ids that
 /// container ids 0 map to.
 pub fn fifo_owner(bundle: &Bundle) -> Option<(u32, u32)> {

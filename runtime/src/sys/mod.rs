@@ -101,16 +101,6 @@ pub fn read_to_end(fd: &OwnedFd) -> io::Result<Vec<u8>> {
     }
 }
 
-/// A signal set with every signal.
-pub fn full_sigset() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises the set it is given.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigfillset(&mut set);
-        set
-    }
-}
-
 pub fn sigset_of(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill the set they are given.
     unsafe {
