@@ -9,20 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use common::oci::sha;
 
 use common::{GUREUM, Output, busybox_rootfs, finish, scratch};
 
 const SCRIPT: &str =
     "echo $GREETING $(cat /etc/greeting); ls /old-file 2>&1; ls /stuff; pwd; id -u";
 const EXPECTED: &str = "hello two\nls: /old-file: No such file or directory\nkept\n/tmp\n1000\n";
-
-fn sha(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A tar of the tree at `dir` (paths relative to it), with extra (path, bytes) entries.
 fn tar_of(dir: Option<&Path>, extra: &[(&str, &[u8])]) -> Vec<u8> {
@@ -80,38 +73,18 @@ fn config(diff_ids: &[String]) -> Vec<u8> {
 fn oci_layout(dir: &Path) -> PathBuf {
     let (one, two) = layers(&dir.join("work"));
     let layout = dir.join("oci");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| {
-        let hex = sha(bytes);
-        std::fs::write(blobs.join(&hex), bytes).unwrap();
-        (format!("sha256:{hex}"), bytes.len())
-    };
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&one).unwrap();
-    let (l1, s1) = put(&gz.finish().unwrap());
-    let (l2, s2) = put(&two);
-    let (cfg, sc) = put(&config(&[
+    let gz = gz.finish().unwrap();
+    let config = config(&[
         format!("sha256:{}", sha(&one)),
         format!("sha256:{}", sha(&two)),
-    ]));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": sc},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1, "size": s1},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l2, "size": s2}
-        ]
-    });
-    let (m, sm) = put(manifest.to_string().as_bytes());
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m, "size": sm}]});
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
+    ]);
+    let layers: [(&str, &[u8]); 2] = [
+        ("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
+        ("application/vnd.oci.image.layer.v1.tar", &two),
+    ];
+    common::oci::layout(&layout, &layers, &config, None);
     layout
 }
 
