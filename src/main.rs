@@ -134,7 +134,7 @@ fn run(cli: Cli, start: Instant) -> Result<i32, Error> {
                 cpu_quota_us: cpu_quota,
                 cpu_period_us: cpu_period,
                 pids: pids_limit,
-                devices: Vec::new(),
+                ..Default::default()
             };
             let file = resources.as_deref().map(read_resources).transpose()?;
             container::update(&g, &id, file.as_ref(), &flags)?;

@@ -317,3 +317,155 @@ fn state_keeps_the_bundle_s_annotations_as_they_are() {
         rt.remove(&b, &name);
     }
 }
+
+/// The first whole disk's major:minor (for a block I/O throttle both runtimes must accept).
+fn a_disk() -> Option<String> {
+    let disks = std::fs::read_dir("/sys/block").ok()?.flatten();
+    let mut names: Vec<_> = disks
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let name = names
+        .iter()
+        .find(|n| !n.starts_with("loop") && !n.starts_with("ram"))?;
+    let dev = std::fs::read_to_string(format!("/sys/block/{name}/dev")).ok()?;
+    Some(dev.trim().to_string())
+}
+
+/// What a container's process shows of `linux.resources`, `process.oomScoreAdj` and
+/// `linux.devices`: each cgroup file the settings write (v1 or v2), the hierarchies the process
+/// is in, its oom_score_adj, and the device node made in its /dev.
+fn observe(pid: &str, cgroup: &str, v2: bool, disk: Option<&str>) -> Vec<String> {
+    let mut files: Vec<(&str, &str)> = if v2 {
+        vec![
+            ("", "memory.max"),
+            ("", "memory.low"),
+            ("", "memory.swap.max"),
+            ("", "cpu.weight"),
+        ]
+    } else {
+        vec![
+            ("memory", "memory.limit_in_bytes"),
+            ("memory", "memory.soft_limit_in_bytes"),
+            ("memory", "memory.memsw.limit_in_bytes"),
+            ("memory", "memory.swappiness"),
+            ("cpu", "cpu.shares"),
+            ("cpuset", "cpuset.cpus"),
+            ("cpuset", "cpuset.mems"),
+        ]
+    };
+    files.push((if v2 { "" } else { "pids" }, "pids.max"));
+    if disk.is_some() {
+        files.push(if v2 {
+            ("", "io.max")
+        } else {
+            ("blkio", "blkio.throttle.read_bps_device")
+        });
+    }
+    let mut seen: Vec<String> = files
+        .iter()
+        .map(|(controller, file)| {
+            let path = format!("/sys/fs/cgroup/{controller}/{cgroup}/{file}");
+            let value = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+            format!("{file}: {}", value.trim())
+        })
+        .collect();
+    let mut joined: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(cgroup))
+        .map(|l| l.split(':').nth(1).unwrap_or_default().to_string())
+        .collect();
+    joined.sort();
+    seen.push(format!("in the hierarchies of: {joined:?}"));
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    seen.push(format!("oom_score_adj: {}", adj.trim()));
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let node = std::fs::metadata(format!("/proc/{pid}/root/dev/net/tun")).unwrap();
+    let (kind, mode) = (node.file_type().is_char_device(), node.mode() & 0o7777);
+    seen.push(format!(
+        "/dev/net/tun: char {kind}, rdev {:#x}, mode {mode:o}",
+        node.rdev()
+    ));
+    seen
+}
+
+#[test]
+fn resources_oom_score_and_device_nodes_come_out_the_same() {
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let disk = a_disk();
+    let b = sleeper("resources");
+    for rt in BOTH {
+        let name = id(&format!("res{rt:?}"));
+        let cgroup = format!("gureum-parity/{name}");
+        b.config(
+            serde_json::json!({"args": ["sleep", "299"], "oomScoreAdj": 500}),
+            |c| {
+                let mut memory = serde_json::json!(
+                {"limit": 268435456, "reservation": 134217728, "swap": 536870912});
+                if !v2 {
+                    memory["swappiness"] = serde_json::json!(30);
+                }
+                let mut resources = serde_json::json!({
+                    "memory": memory, "pids": {"limit": 100},
+                    "cpu": {"shares": 512, "cpus": "0", "mems": "0"},
+                });
+                if let Some((major, minor)) = disk.as_deref().and_then(|d| d.split_once(':')) {
+                    resources["blockIO"] = serde_json::json!({"throttleReadBpsDevice": [
+                    {"major": major.parse::<i64>().unwrap(), "minor": minor.parse::<i64>().unwrap(),
+                     "rate": 1048576}]});
+                }
+                c["linux"]["resources"] = resources;
+                c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{cgroup}"));
+                c["linux"]["devices"] = serde_json::json!([{"path": "/dev/net/tun", "type": "c",
+                "major": 10, "minor": 200, "fileMode": 438, "uid": 0, "gid": 0}]);
+            },
+        );
+        let pid = rt.start(&b, &name).to_string();
+        let seen = observe(&pid, &cgroup, v2, disk.as_deref());
+        rt.remove(&b, &name);
+        if let Runtime::Runc = rt {
+            std::fs::write(b.dir.join("runc.seen"), seen.join("\n")).unwrap();
+        } else {
+            let runc = std::fs::read_to_string(b.dir.join("runc.seen")).unwrap();
+            assert_eq!(seen.join("\n"), runc, "gureum (left) against runc (right)");
+        }
+    }
+    // The parent both runtimes left (neither removes a cgroupsPath's parents).
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join("gureum-parity"));
+    }
+}
+
+/// gureum applies no AppArmor profile or SELinux label: it refuses them in one line, as runc
+/// does where the host lacks the module (where it has it, runc applies them; then only gureum's
+/// refusal is checked).
+#[test]
+fn security_labels_are_refused_as_runc_refuses_them_without_the_module() {
+    let b = Bundle::new("labels", serde_json::json!({"args": ["true"]}));
+    let cases = [
+        ("process", "apparmorProfile", "AppArmor"),
+        ("process", "selinuxLabel", "SELinux"),
+        ("linux", "mountLabel", "SELinux"),
+    ];
+    for (section, field, module) in cases {
+        let enabled = std::path::Path::new("/sys/kernel/security")
+            .join(module.to_lowercase())
+            .exists();
+        b.config(serde_json::json!({"args": ["true"]}), |c| {
+            c[section][field] = serde_json::json!("system_u:system_r:container_t:s0");
+        });
+        let runtimes: &[Runtime] = if enabled { &[Runtime::Gureum] } else { &BOTH };
+        for &rt in runtimes {
+            let name = id(&format!("label{rt:?}"));
+            let out = rt.run(&b, &name);
+            assert_ne!(out.code, Some(0), "{rt:?} {field}: {}", out.describe());
+            if let Runtime::Gureum = rt {
+                assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+                assert!(out.stderr.contains(field), "{}", out.describe());
+                assert!(out.stderr.contains(module), "{}", out.describe());
+            }
+            rt.output(&b, &["delete", "--force", &name]);
+        }
+    }
+}

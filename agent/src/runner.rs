@@ -123,7 +123,11 @@ fn attach_stdio(cmd: &mut Command, spec: &RunSpec) -> Result<Option<OwnedFd>, (S
 
 /// Limits, credentials, capabilities and seccomp, applied between fork and exec.
 fn confine(cmd: &mut Command, spec: &RunSpec) {
-    let (rlimits, nnp) = (spec.rlimits.clone(), spec.no_new_privileges);
+    let (rlimits, nnp, oom) = (
+        spec.rlimits.clone(),
+        spec.no_new_privileges,
+        spec.oom_score_adj,
+    );
     let (uid, gid, groups) = (spec.uid, spec.gid, spec.additional_gids.clone());
     let (caps, filters) = (
         spec.capabilities,
@@ -135,6 +139,7 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
     unsafe {
         cmd.pre_exec(move || {
             signals::reset();
+            limits::set_oom_score_adj(oom).map_err(io::Error::other)?;
             limits::apply(&rlimits).map_err(io::Error::other)?;
             let identity = security::Identity {
                 uid,

@@ -47,6 +47,14 @@ pub fn apply(rlimits: &[(String, u64, u64)]) -> Result<(), String> {
     Ok(())
 }
 
+/// `process.oomScoreAdj`, for this process (and what it execs): written while it still has
+/// the privileges lowering it needs.
+pub fn set_oom_score_adj(adj: Option<i32>) -> Result<(), String> {
+    let Some(adj) = adj else { return Ok(()) };
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .map_err(|e| format!("cannot set oomScoreAdj {adj}: {e}"))
+}
+
 /// The hard limit this process has now.
 fn hard_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
     let mut now = libc::rlimit {

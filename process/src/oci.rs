@@ -12,6 +12,31 @@ pub enum Error {
     RelativeCwd(String),
     #[error("process.capabilities: {0}")]
     Capability(String),
+    #[error("{field} {value:?}: {why}")]
+    Security {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// A security module's label or profile, which gureum does not apply: refused, with whether the
+/// host has the module at all (runc refuses both where the host lacks it).
+pub fn refuse_label(field: &'static str, value: &str, module: &str) -> Error {
+    let enabled = std::path::Path::new("/sys/kernel/security")
+        .join(module)
+        .exists();
+    let why = match (module, enabled) {
+        ("apparmor", false) => "AppArmor is not enabled on this host",
+        ("apparmor", true) => "gureum does not apply AppArmor profiles",
+        (_, false) => "SELinux is not enabled on this host",
+        (_, true) => "gureum does not apply SELinux labels",
+    };
+    Error::Security {
+        field,
+        value: value.to_string(),
+        why,
+    }
 }
 
 /// The settings of an OCI `process`; `root`, `readonly` and `hostname` are left for the caller.
@@ -24,6 +49,12 @@ pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<RunSpec, Error
     let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
     if !cwd.starts_with('/') {
         return Err(Error::RelativeCwd(cwd));
+    }
+    if let Some(profile) = p.apparmor_profile().as_deref().filter(|s| !s.is_empty()) {
+        return Err(refuse_label("process.apparmorProfile", profile, "apparmor"));
+    }
+    if let Some(label) = p.selinux_label().as_deref().filter(|s| !s.is_empty()) {
+        return Err(refuse_label("process.selinuxLabel", label, "selinux"));
     }
     let user = p.user();
     Ok(RunSpec {
@@ -42,6 +73,7 @@ pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<RunSpec, Error
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
         capabilities: p.capabilities().as_ref().map(caps).transpose()?,
+        oom_score_adj: p.oom_score_adj(),
         ..RunSpec::default()
     })
 }

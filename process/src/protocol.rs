@@ -97,6 +97,9 @@ pub struct RunSpec {
     /// Seccomp filters compiled from `linux.seccomp`.
     #[serde(default)]
     pub seccomp: Option<crate::security::Seccomp>,
+    /// `process.oomScoreAdj`: the process's /proc/self/oom_score_adj.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]

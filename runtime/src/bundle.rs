@@ -98,15 +98,21 @@ pub struct Resources {
     pub pids: Option<i64>,
     /// `linux.resources.devices`, in order, as cgroup v1 writes them.
     pub devices: Vec<DeviceRule>,
+    /// The rest of `linux.resources`.
+    #[serde(default)]
+    pub tuning: super::cgroup::tuning::Tuning,
 }
 
 impl Resources {
     /// What a sandbox's VMM and monitor are held to on the host: the CPU quota (which also
-    /// sized its vCPUs). Memory is bounded by the guest's size and the rest applies inside it.
+    /// sized its vCPUs) and the rest of `linux.resources` (CPU shares and set, block I/O, memory
+    /// reservation and swap: the VMM's memory is the guest's). The memory limit is the guest's
+    /// size instead, and the pids limit would count the VMM's threads, not the guest's.
     pub fn for_vmm(&self) -> Self {
         Self {
             cpu_quota_us: self.cpu_quota_us,
             cpu_period_us: self.cpu_period_us,
+            tuning: self.tuning.clone(),
             ..Self::default()
         }
     }
@@ -189,6 +195,13 @@ impl Bundle {
         }
         process.readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
         let linux = spec.linux().as_ref();
+        let label = linux
+            .and_then(|l| l.mount_label().as_deref())
+            .filter(|l| !l.is_empty());
+        if let Some(label) = label {
+            let refused = gureum_process::oci::refuse_label("linux.mountLabel", label, "selinux");
+            return Err(Error::Process(refused));
+        }
         process.sysctl = linux
             .and_then(|l| l.sysctl().clone())
             .unwrap_or_default()
@@ -319,12 +332,31 @@ pub fn process_settings(p: &oci_spec::runtime::Process) -> Result<Process, Error
     gureum_process::oci::process_settings(p).map_err(Error::Process)
 }
 
+/// `linux.resources`, and access to the nodes `linux.devices` makes (runc allows them too).
 fn resources(spec: &Spec) -> Resources {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
+    let linux = spec.linux().as_ref();
+    let mut r = (linux.and_then(|l| l.resources().as_ref()))
         .map(limits)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let nodes = linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten();
+    r.devices.extend(nodes.filter_map(|d| {
+        let kind = match d.typ() {
+            LinuxDeviceType::B => 'b',
+            LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+            LinuxDeviceType::P | LinuxDeviceType::A => return None,
+        };
+        Some(DeviceRule {
+            allow: true,
+            kind,
+            major: Some(d.major()),
+            minor: Some(d.minor()),
+            access: "rwm".into(),
+        })
+    }));
+    r
 }
 
 /// The limits of an OCI `linux.resources` (also what `update --resources` reads).
@@ -335,6 +367,7 @@ pub fn limits(r: &oci_spec::runtime::LinuxResources) -> Resources {
         cpu_quota_us: cpu.and_then(|c| c.quota()),
         cpu_period_us: cpu.and_then(|c| c.period()),
         pids: r.pids().as_ref().map(|p| p.limit()),
+        tuning: super::cgroup::tuning::Tuning::from_oci(r),
         devices: r
             .devices()
             .iter()

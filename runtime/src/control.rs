@@ -22,6 +22,7 @@ pub fn update(
         cpu_period_us: flags.cpu_period_us.or(base.cpu_period_us),
         pids: flags.pids.or(base.pids),
         devices: Vec::new(),
+        tuning: base.tuning,
     };
     super::isolation::of(record.isolation).check_update(&r)?;
     Ok(record.cgroup().update(&r)?)

@@ -129,6 +129,13 @@ impl Isolator for MicroVm {
         if inside.iter().any(|p| hooks::has(*p, hooks)) {
             return Err(Error::VmHooks);
         }
+        let linux = bundle.spec.linux().as_ref();
+        if linux
+            .and_then(|l| l.devices().as_ref())
+            .is_some_and(|d| !d.is_empty())
+        {
+            return Err(Error::VmDevices);
+        }
         Ok(())
     }
 

@@ -77,6 +77,11 @@ pub enum Error {
          microVM sandbox does not share with the host: use --isolation native"
     )]
     VmHooks,
+    #[error(
+        "linux.devices names this host's device nodes, which a microVM sandbox does not have: \
+         use --isolation native"
+    )]
+    VmDevices,
 }
 
 impl Error {

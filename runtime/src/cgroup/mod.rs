@@ -5,6 +5,7 @@
 //! hierarchy, whose controllers may be few: the tests use it to run the v2 path on v1 hosts).
 
 mod devices;
+pub mod tuning;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,38 @@ pub enum Error {
     Bpf(&'static str, #[source] std::io::Error),
     #[error("cgroup v2: the kernel refused the devices program: {0}")]
     Verifier(String),
+    #[error(transparent)]
+    Refused(#[from] tuning::Refused),
+    #[error("cgroup v1: no {controller} hierarchy is mounted under {root} to apply {file} with")]
+    NoHierarchy {
+        controller: &'static str,
+        file: String,
+        root: PathBuf,
+    },
+    #[error("cgroup: {0} does not exist: this kernel cannot apply it (is its accounting on?)")]
+    NoFile(PathBuf),
 }
 
 const MOUNT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
+/// The v1 hierarchies a container joins where they are mounted (as runc, every one: `systemd`
+/// is the name=systemd hierarchy, `unified` a hybrid host's cgroup2 mount). cpuset comes before
+/// the rest: a process may join none until its cpuset has CPUs and memory nodes.
+const CONTROLLERS: [&str; 14] = [
+    "cpuset",
+    "memory",
+    "cpu",
+    "cpuacct",
+    "pids",
+    "devices",
+    "freezer",
+    "blkio",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "systemd",
+    "unified",
+];
 /// The controllers a v2 container's limits use, enabled for it where the host has them.
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -46,7 +75,7 @@ const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 pub struct Cgroup {
     /// v2: the cgroup2 mount; v1: the directory holding one hierarchy per controller.
     root: PathBuf,
-    /// v1: the controllers mounted there (of memory, cpu, pids, devices, freezer).
+    /// v1: the hierarchies mounted there (of CONTROLLERS).
     controllers: Vec<String>,
     /// The container's cgroup, relative to each hierarchy's root.
     rel: PathBuf,
@@ -167,10 +196,13 @@ impl Cgroup {
     fn try_create(&self, r: &Resources) -> Result<(), Error> {
         let _parents = self.own_parent.then(parents_lock);
         if self.v2 {
-            self.enable_controllers()?;
+            self.enable_controllers(&r.tuning.v2_controllers())?;
         }
         for dir in self.dirs() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::Io(dir, e))?;
+        }
+        if !self.v2 {
+            self.fill_cpuset()?;
         }
         drop(_parents);
         if let Err(e) = self.limit(r) {
@@ -180,10 +212,32 @@ impl Cgroup {
         Ok(())
     }
 
-    /// v2: the memory, cpu and pids controllers the host has, enabled in the subtree_control
-    /// of the root and of every cgroup above the container's (a cgroup sees only what its
-    /// parent enables). One write each: a write naming one the parent lacks would fail whole.
-    fn enable_controllers(&self) -> Result<(), Error> {
+    /// v1: a new cpuset cgroup has no CPUs or memory nodes, and no process may join it until
+    /// it has: each level below the root without them gets its parent's.
+    fn fill_cpuset(&self) -> Result<(), Error> {
+        if !self.controllers.iter().any(|c| c == "cpuset") {
+            return Ok(());
+        }
+        let root = self.root.join("cpuset");
+        let mut dir = root.clone();
+        for part in self.rel.components() {
+            let parent = dir.clone();
+            dir.push(part);
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let read = |d: &Path| std::fs::read_to_string(d.join(file)).unwrap_or_default();
+                if read(&dir).trim().is_empty() {
+                    write(&dir.join(file), read(&parent).trim())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// v2: the memory, cpu and pids controllers the host has, and those `more` names, enabled
+    /// in the subtree_control of the root and of every cgroup above the container's (a cgroup
+    /// sees only what its parent enables). One write each: a write naming one the parent
+    /// lacks would fail whole.
+    fn enable_controllers(&self, more: &[&str]) -> Result<(), Error> {
         if !self.root.join("cgroup.controllers").is_file() {
             return Err(Error::NotCgroup2(self.root.clone()));
         }
@@ -196,7 +250,11 @@ impl Cgroup {
             let enabled =
                 std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
             let has = |text: &str, c: &str| text.split_whitespace().any(|w| w == c);
-            for c in V2_CONTROLLERS {
+            for c in V2_CONTROLLERS
+                .iter()
+                .chain(more)
+                .filter(|c| **c != "cgroup")
+            {
                 if has(&available, c) && !has(&enabled, c) {
                     write(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
                 }
@@ -222,6 +280,7 @@ impl Cgroup {
             cpu_period_us: quota.and(r.cpu_period_us.or(Some(100_000))),
             pids: r.pids.filter(|&p| p > 0),
             devices: Vec::new(),
+            tuning: r.tuning.clone(),
         })?;
         self.devices(r)
     }
@@ -250,7 +309,25 @@ impl Cgroup {
             let p = if p > 0 { p.to_string() } else { "max".into() };
             self.set("pids", "pids.max", &p)?;
         }
+        for (controller, file, value) in r.tuning.files(v2)? {
+            self.set_strictly(controller, &file, &value)?;
+        }
         Ok(())
+    }
+
+    /// Writes a file the setting needs: a hierarchy or file the host lacks is an error.
+    fn set_strictly(&self, controller: &'static str, file: &str, value: &str) -> Result<(), Error> {
+        let Some(path) = self.file(controller, file) else {
+            return Err(Error::NoHierarchy {
+                controller,
+                file: file.to_string(),
+                root: self.root.clone(),
+            });
+        };
+        if !path.exists() {
+            return Err(Error::NoFile(path));
+        }
+        write(&path, value)
     }
 
     /// The spec's device rules in order, then the defaults; none leaves the cgroup's own
@@ -381,10 +458,11 @@ impl Cgroup {
     /// period as a `cgroup.procs` write does (7-18 ms here, against 0.05 ms). A v2 domain
     /// cgroup has only `cgroup.procs` (and `fork_into` makes its children born inside).
     pub fn join_self(&self) -> Result<(), Error> {
-        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
-        self.dirs()
-            .iter()
-            .try_for_each(|d| write(&d.join(file), "0"))
+        self.dirs().iter().try_for_each(|d| {
+            // A hybrid host's cgroup2 mount has no `tasks` either.
+            let v2 = self.v2 || d.starts_with(self.root.join("unified"));
+            write(&d.join(if v2 { "cgroup.procs" } else { "tasks" }), "0")
+        })
     }
 
     /// The pids still in the cgroup.

@@ -66,7 +66,7 @@ fn limits() -> Resources {
         cpu_quota_us: Some(20_000),
         cpu_period_us: None,
         pids: Some(50),
-        devices: Vec::new(),
+        ..Resources::default()
     }
 }
 
@@ -146,7 +146,7 @@ fn v2_enables_the_controllers_the_host_has_one_at_a_time() {
     let cg = t.v2(&["cpu", "pids", "io"]);
     std::fs::write(t.0.join("gureum/cgroup.controllers"), "cpu pids").unwrap();
     std::fs::write(t.0.join("gureum/cgroup.subtree_control"), "pids").unwrap();
-    cg.enable_controllers().unwrap();
+    cg.enable_controllers(&[]).unwrap();
     // Plain files keep the last write: the root got +cpu then +pids; gureum/ only +cpu.
     assert_eq!(t.read("cgroup.subtree_control"), "+pids");
     assert_eq!(t.read("gureum/cgroup.subtree_control"), "+cpu");
@@ -161,7 +161,7 @@ fn v2_enables_the_controllers_all_the_way_down_a_cgroups_path() {
         std::fs::create_dir_all(t.0.join(dir)).unwrap();
         std::fs::write(t.0.join(dir).join("cgroup.controllers"), "cpu pids").unwrap();
     }
-    cg.enable_controllers().unwrap();
+    cg.enable_controllers(&[]).unwrap();
     for dir in [".", "kubepods", "kubepods/pod1"] {
         let control = format!("{dir}/cgroup.subtree_control");
         assert_eq!(t.read(&control), "+pids", "{dir}");

@@ -280,6 +280,10 @@ pub fn exec_process(exe: &CString, p: &Process) -> ! {
     };
     // gureum and the init block the signals they forward; Rust's runtime ignores SIGPIPE.
     gureum_process::signals::reset();
+    if let Err(why) = gureum_process::limits::set_oom_score_adj(p.oom_score_adj) {
+        let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
+        exit(1);
+    }
     if let Err(why) = gureum_process::limits::apply(&p.rlimits) {
         let _ = write_all(2, format!("gureum: {why}\n").as_bytes());
         exit(126);

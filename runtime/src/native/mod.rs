@@ -6,6 +6,7 @@
 
 mod init;
 pub mod mounts;
+mod nodes;
 pub mod pty;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

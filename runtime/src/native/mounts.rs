@@ -219,6 +219,7 @@ pub fn setup_rootfs(
     if dev_is_tmpfs {
         default_devices(rootfs)?;
     }
+    super::nodes::make(spec, rootfs)?;
     before_pivot()?;
     pivot_root(rootfs)?;
     // linux.sysctl, through the container's /proc/sys, before it is made read-only.
