@@ -85,7 +85,10 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
         cmd.current_dir(&spec.cwd);
     }
     let child = cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => (format!("executable {program} not found"), 127),
+        io::ErrorKind::NotFound => (
+            format!("exec: {program:?}: executable file not found in $PATH"),
+            127,
+        ),
         _ => (format!("cannot run {program}: {e}"), 126),
     })?;
     Ok((child, master))

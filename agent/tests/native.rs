@@ -128,7 +128,11 @@ fn the_agent_is_pid_1_of_its_namespace() {
 fn a_missing_executable_is_127_with_a_reason() {
     let (ended, _, _) = Agent::start().run(spec(&["/no/such/program"]), vec![]);
     assert_eq!(ended.status, 127);
-    assert!(ended.error.unwrap().contains("/no/such/program not found"));
+    let error = ended.error.unwrap();
+    assert!(
+        error.contains("\"/no/such/program\": executable file not found"),
+        "{error}"
+    );
     let mut no_cwd = spec(&["true"]);
     no_cwd.cwd = "/no/such/dir".into();
     let (ended, _, _) = Agent::start().run(no_cwd, vec![]);

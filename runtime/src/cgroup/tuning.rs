@@ -42,25 +42,27 @@ pub type Write = (&'static str, String, String);
 pub struct Refused(pub &'static str, pub &'static str);
 
 impl Tuning {
+    /// What `r` sets; a zero (or a swappiness of -1) sets nothing, as runc reads it: docker
+    /// sends `shares: 0` and `weight: 0` with every container.
     pub fn from_oci(r: &oci_spec::runtime::LinuxResources) -> Self {
         let mut t = Tuning::default();
         if let Some(m) = r.memory() {
-            t.memory_reservation = m.reservation();
-            t.memory_swap = m.swap().map(|s| (s, m.limit()));
-            t.swappiness = m.swappiness();
+            t.memory_reservation = m.reservation().filter(|&r| r != 0);
+            t.memory_swap = m.swap().filter(|&s| s != 0).map(|s| (s, m.limit()));
+            t.swappiness = m.swappiness().filter(|&s| s != u64::MAX);
             t.kernel_memory = m.kernel().is_some() || m.kernel_tcp().is_some();
             t.disable_oom_killer = m.disable_oom_killer().unwrap_or(false);
         }
         if let Some(c) = r.cpu() {
-            t.cpu_shares = c.shares();
+            t.cpu_shares = c.shares().filter(|&s| s != 0);
             t.cpus = c.cpus().clone().filter(|s| !s.is_empty());
             t.mems = c.mems().clone().filter(|s| !s.is_empty());
-            t.rt_runtime = c.realtime_runtime();
-            t.rt_period = c.realtime_period();
+            t.rt_runtime = c.realtime_runtime().filter(|&r| r != 0);
+            t.rt_period = c.realtime_period().filter(|&p| p != 0);
         }
         if let Some(b) = r.block_io() {
-            t.blkio_weight = b.weight();
-            t.blkio_leaf_weight = b.leaf_weight();
+            t.blkio_weight = b.weight().filter(|&w| w != 0);
+            t.blkio_leaf_weight = b.leaf_weight().filter(|&w| w != 0);
             t.blkio_weight_device = (b.weight_device().iter().flatten())
                 .filter_map(|d| Some((d.major(), d.minor(), d.weight()?)))
                 .collect();
@@ -121,6 +123,9 @@ impl Tuning {
     fn v1(&self, put: &mut impl FnMut(&'static str, &str, String)) -> Result<(), Refused> {
         if !self.unified.is_empty() {
             return Err(Refused("unified", "this host's cgroups are v1"));
+        }
+        if self.swappiness.is_some_and(|s| s > 100) {
+            return Err(Refused("memory.swappiness", "must be 0 to 100"));
         }
         let t = self;
         if let Some(r) = t.memory_reservation {
@@ -313,6 +318,15 @@ mod tests {
             t.v2_controllers(),
             ["cpu", "cpuset", "hugetlb", "io", "memory"]
         );
+    }
+
+    #[test]
+    fn zeros_set_nothing() {
+        let t = tuning(
+            r#"{"memory":{"disableOOMKiller":false},"cpu":{"shares":0},"blockIO":{"weight":0}}"#,
+        );
+        assert_eq!(t, Tuning::default());
+        assert!(t.files(false).unwrap().is_empty());
     }
 
     #[test]

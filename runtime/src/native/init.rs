@@ -234,9 +234,10 @@ pub fn check_process(p: &Process) -> Result<CString, Failure> {
     if found_not_executable {
         Err((126, format!("{program}: permission denied")))
     } else {
+        // runc's words, which podman and docker read to exit 127.
         Err((
             127,
-            format!("executable {program} not found in the container"),
+            format!("exec: {program:?}: executable file not found in $PATH"),
         ))
     }
 }
