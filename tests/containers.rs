@@ -495,3 +495,29 @@ fn kill_all(isolation: &'static str) {
     );
     b.assert_gone(&name);
 }
+
+/// What a microVM cannot apply is refused before anything starts: the host's device nodes,
+/// and memory settings beyond the guest's size.
+#[test]
+fn a_sandbox_refuses_host_devices_and_memory_settings_in_one_line() {
+    let process = serde_json::json!({"args": ["true"]});
+    let b = Bundle::with_isolation("vmrefuse", process.clone(), "standin");
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 2] = [
+        ("linux.devices", |c| {
+            c["linux"]["devices"] = serde_json::json!([{"path": "/dev/net/tun", "type": "c",
+                "major": 10, "minor": 200}]);
+        }),
+        ("memory.reservation", |c| {
+            c["linux"]["resources"]["memory"]["reservation"] = serde_json::json!(1 << 20);
+        }),
+    ];
+    for (want, edit) in cases {
+        b.config(process.clone(), edit);
+        let out = b.run(&id("vmrefuse"));
+        assert_eq!(out.code, Some(1), "{want}: {}", out.describe());
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+        assert!(out.stderr.contains(want), "{}", out.describe());
+        b.assert_gone(&id("vmrefuse"));
+    }
+}

@@ -105,9 +105,9 @@ pub struct Resources {
 
 impl Resources {
     /// What a sandbox's VMM and monitor are held to on the host: the CPU quota (which also
-    /// sized its vCPUs) and the rest of `linux.resources` (CPU shares and set, block I/O, memory
-    /// reservation and swap: the VMM's memory is the guest's). The memory limit is the guest's
-    /// size instead, and the pids limit would count the VMM's threads, not the guest's.
+    /// sized its vCPUs) and the rest of `linux.resources` but memory's, which a sandbox refuses
+    /// (CPU shares and set, block I/O: the VMM does the guest's). The memory limit is the
+    /// guest's size instead, and the pids limit would count the VMM's threads, not the guest's.
     pub fn for_vmm(&self) -> Self {
         Self {
             cpu_quota_us: self.cpu_quota_us,

@@ -136,6 +136,9 @@ impl Isolator for MicroVm {
         {
             return Err(Error::VmDevices);
         }
+        if let Some(setting) = bundle.resources.tuning.memory_settings() {
+            return Err(Error::VmMemory(setting));
+        }
         Ok(())
     }
 

@@ -82,6 +82,11 @@ pub enum Error {
          use --isolation native"
     )]
     VmDevices,
+    #[error(
+        "linux.resources.{0}: a microVM sandbox's memory is its guest's size (memory.limit sets \
+         it); use --isolation native"
+    )]
+    VmMemory(&'static str),
 }
 
 impl Error {

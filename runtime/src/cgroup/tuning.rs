@@ -260,6 +260,19 @@ impl Tuning {
         Ok(())
     }
 
+    /// The memory settings it makes, by name: a microVM's memory is its guest's size, so a
+    /// sandbox refuses them.
+    pub fn memory_settings(&self) -> Option<&'static str> {
+        [
+            (self.memory_reservation.is_some(), "memory.reservation"),
+            (self.memory_swap.is_some(), "memory.swap"),
+            (self.swappiness.is_some(), "memory.swappiness"),
+            (self.disable_oom_killer, "memory.disableOOMKiller"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+
     /// The v2 controllers its writes need enabled.
     pub fn v2_controllers(&self) -> Vec<&'static str> {
         let mut c: Vec<&'static str> = self
