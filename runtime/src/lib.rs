@@ -345,12 +345,15 @@ fn destroy(store: &Store, record: &Record) {
         let _ = cgroup.freeze(false);
     }
     cgroup.kill_all();
-    for attempt in 0..500 {
+    // 5 s for the processes to die, stretched on an emulated host.
+    let until = std::time::Instant::now()
+        + std::time::Duration::from_secs(5) * gureum_vmm::host_check::slowdown();
+    for attempt in 0.. {
         let mut pids = cgroup.pids();
         if record.pid > 0 && state::alive(record.pid, record.pid_start) {
             pids.push(record.pid);
         }
-        if pids.is_empty() {
+        if pids.is_empty() || std::time::Instant::now() > until {
             break;
         }
         for pid in pids {

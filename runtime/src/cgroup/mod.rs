@@ -489,11 +489,22 @@ impl Cgroup {
     /// its VMM's cgroups; no kernel thread ever enters v2's freezer, so while it is there the
     /// cgroup never reads frozen and a pause never ends. (v1's freezer passes them over.)
     pub fn release_kernel_threads(&self) {
-        if !self.v2 {
-            return;
+        if self.v2 {
+            self.move_kernel_threads();
         }
-        for pid in self.all_pids().into_iter().filter(|&p| is_kernel_thread(p)) {
-            let _ = write(&self.root.join("cgroup.procs"), &pid.to_string());
+    }
+
+    /// Moves the kernel threads in the cgroup to their hierarchy's root, on v1 and v2.
+    fn move_kernel_threads(&self) {
+        for dir in self.dirs() {
+            let Some(root) = dir.ancestors().nth(self.rel.components().count()) else {
+                continue;
+            };
+            let threads = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            let threads = threads.lines().filter_map(|l| l.parse().ok());
+            for pid in threads.filter(|&p| is_kernel_thread(p)) {
+                let _ = write(&root.join("cgroup.procs"), &pid.to_string());
+            }
         }
     }
 
@@ -505,16 +516,21 @@ impl Cgroup {
         }
     }
 
-    /// Removes the directories, waiting up to a second for exiting processes to leave them.
+    /// Removes the directories. Kernel threads (KVM's for a VMM's VM) go to the root first;
+    /// then it waits for exiting processes to leave: a killed VMM is still in its cgroup while
+    /// the kernel frees its guest's memory, though cgroup.procs no longer lists it. The wait is
+    /// 2 s in all, stretched on an emulated host.
     pub fn remove(&self) {
+        self.move_kernel_threads();
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_secs(2) * gureum_vmm::host_check::slowdown();
         for dir in self.dirs() {
-            for _ in 0..100 {
-                match std::fs::remove_dir(&dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    _ => break,
+            while let Err(e) = std::fs::remove_dir(&dir) {
+                if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() > until {
+                    break;
                 }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                self.move_kernel_threads();
             }
         }
         if self.own_parent {
