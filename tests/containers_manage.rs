@@ -16,13 +16,16 @@ per_isolation!(exec_detached_writes_a_pid_that_stands_for_the_process => exec_de
 /// How many processes in the container run `sleep 27` (through a second exec).
 fn sleepers(b: &Bundle, name: &str) -> String {
     let out = b.gureum(&["exec", name, "sh", "-c", "ps | grep -c '[s]leep 27'"]);
-    out.stdout.trim().to_string()
+    match out.code {
+        Some(0 | 1) => out.stdout.trim().to_string(),
+        _ => out.describe(),
+    }
 }
 
 fn exec_detached(isolation: &'static str) {
     let b = Bundle::with_isolation(
         "execd",
-        serde_json::json!({"args": ["sleep", "30"]}),
+        serde_json::json!({"args": ["sleep", "300"]}),
         isolation,
     );
     let name = id("execd");
@@ -62,10 +65,14 @@ fn exec_detached(isolation: &'static str) {
         // SAFETY: signals the process the pid file names (ours, or gureum's relay for it).
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
         let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
-        while sleepers(&b, &name) != "0" {
+        loop {
+            let count = sleepers(&b, &name);
+            if count == "0" {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "{isolation}: signal {sig} left it running"
+                "{isolation}: signal {sig} left it running: {count}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

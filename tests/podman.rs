@@ -22,6 +22,16 @@ fn runtime_flags(rt: Runtime) -> Vec<String> {
     flags.iter().map(|s| s.to_string()).collect()
 }
 
+/// The same with gureum's microVM isolation (runc as ever).
+fn vm_runtime_flags(rt: Runtime) -> Vec<String> {
+    match rt {
+        Runtime::Runc => runtime_flags(rt),
+        Runtime::Gureum => ["--runtime", GUREUM, "--runtime-flag", "isolation=vm"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
 /// podman with this test binary's store (no systemd here: cgroupfs, events in a file).
 fn podman(run_flags: Vec<String>) -> Engine {
     let mut e = podman_in(store());
@@ -152,4 +162,49 @@ fn podman_top_shows_the_process_as_pid_1() {
 #[test]
 fn podman_init_passes_sigterm_on() {
     engine::init_passes_sigterm_on(engine());
+}
+
+/// podman driving sandboxes next to runc. Both run with `--network none`: podman's default
+/// network (netavark) cannot be set up inside the KVM test machine ("netavark: invalid version
+/// number"); and with this process's hard NOFILE and NPROC limits, which runc can set (a
+/// sandbox sets them in its guest, where podman's higher defaults would pass).
+fn vm_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut e = podman(vec!["--network".into(), "none".into()]);
+        e.runtime_global = vm_runtime_flags;
+        for (name, resource) in [
+            ("nofile", libc::RLIMIT_NOFILE),
+            ("nproc", libc::RLIMIT_NPROC),
+        ] {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit fills the struct we pass.
+            assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
+            let hard = limit.rlim_max;
+            e.run_flags
+                .extend(["--ulimit".into(), format!("{name}={hard}:{hard}")]);
+        }
+        e
+    })
+}
+
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn podman_microvm_exit_codes_stdin_and_a_terminal() {
+    engine::exit_codes_stdin_and_a_terminal(vm_engine());
+}
+
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn podman_microvm_detached_exec_pause_stop_kill_and_rm() {
+    engine::detached_exec_pause_stop_kill_and_rm(vm_engine());
+}
+
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn podman_microvm_init_passes_sigterm_on() {
+    engine::init_passes_sigterm_on(vm_engine());
 }

@@ -5,6 +5,7 @@
 //! connection runs the container's process and later ones `exec` sessions), and restarts the
 //! VM when the container's process is done (with `reboot=k`, the VMM exits).
 
+mod pidns;
 mod runner;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -51,7 +52,7 @@ fn listen(path: &str) -> Result<(), String> {
     let (conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
     let writer = conn.try_clone().map_err(|e| format!("socket: {e}"))?;
     let _ = std::fs::remove_file(path);
-    runner::serve(conn, writer).map_err(|e| e.to_string())
+    runner::serve(conn, writer, true).map_err(|e| e.to_string())
 }
 
 fn init() -> Result<(), String> {
@@ -82,7 +83,7 @@ fn init() -> Result<(), String> {
                 .open(&path)
                 .map_err(|e| format!("cannot open {path}: {e}"))?;
             let writer = port.try_clone().map_err(|e| format!("{path}: {e}"))?;
-            runner::serve(port, writer).map_err(|e| e.to_string())
+            runner::serve(port, writer, true).map_err(|e| e.to_string())
         }
         Some(("vsock", port)) => {
             let port = port
@@ -190,10 +191,10 @@ fn serve_all(
     let first = accept()?;
     std::thread::spawn(move || {
         while let Ok(conn) = accept() {
-            std::thread::spawn(move || serve_file(conn));
+            std::thread::spawn(move || serve_file(conn, false));
         }
     });
-    serve_file(first)
+    serve_file(first, true)
 }
 
 /// Firecracker's hybrid vsock, host side included, on a Unix socket: each connection first
@@ -246,10 +247,10 @@ fn accept(listener: &OwnedFd) -> Result<std::fs::File, String> {
 /// Serves one connection, then waits for the host to close it (5 s at most): the VM may end
 /// right after the first one, and the Exit frame, still in the guest's vsock queue when the
 /// VMM stops, would be lost with it.
-fn serve_file(conn: std::fs::File) -> Result<(), String> {
+fn serve_file(conn: std::fs::File, main: bool) -> Result<(), String> {
     let writer = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
     let linger = conn.try_clone().map_err(|e| format!("vsock: {e}"))?;
-    let result = runner::serve(conn, writer).map_err(|e| e.to_string());
+    let result = runner::serve(conn, writer, main).map_err(|e| e.to_string());
     wait_for_close(linger);
     result
 }

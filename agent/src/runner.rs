@@ -8,9 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gureum_process::protocol::{self, Kind, RunSpec};
+use gureum_process::protocol::{self, Binds, Kind, RunSpec};
 use gureum_process::security::Seccomp;
 use gureum_process::{limits, pty, security, signals, sysctl};
+
+use crate::pidns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,7 +39,8 @@ fn refuse<W: Write>(w: &Shared<W>, why: &str, status: i32) -> io::Result<()> {
     send(w, Kind::Exit, &status.to_le_bytes())
 }
 
-fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
+/// Runs `spec`; `main`: the main connection's request, the container's first process.
+fn spawn(spec: &RunSpec, main: bool) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
     let program = spec
         .args
         .first()
@@ -46,7 +49,7 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
         return Err((format!("cwd {} is not a directory", spec.cwd), 126));
     }
     let root = match &spec.root {
-        Some(device) => Some(mount_root(device, spec.readonly).map_err(|why| (why, 126))?),
+        Some(device) => Some(mount_root(device, spec).map_err(|why| (why, 126))?),
         None => None,
     };
     if let Some(name) = &spec.hostname {
@@ -57,24 +60,14 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
         }
     }
     sysctl::set(&spec.sysctl).map_err(|why| (why, 126))?;
+    let ns = pidns::enter(spec.pid_namespace, main).map_err(|e| {
+        let why = format!("cannot enter the container's pid namespace: {e}");
+        (why, 126)
+    })?;
+    let fresh = ns.fresh;
     let mut cmd = Command::new(program);
     if let Some(root) = root {
-        let root = std::ffi::CString::new(root).map_err(|_| ("bad root path".to_string(), 126))?;
-        let cwd = std::ffi::CString::new(if spec.cwd.is_empty() {
-            "/"
-        } else {
-            spec.cwd.as_str()
-        })
-        .map_err(|_| ("bad cwd".to_string(), 126))?;
-        // SAFETY: chroot and chdir between fork and exec, with strings prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter_root(&mut cmd, &root, &spec.cwd, fresh)?;
     }
     let master = attach_stdio(&mut cmd, spec)?;
     confine(&mut cmd, spec);
@@ -91,7 +84,48 @@ fn spawn(spec: &RunSpec) -> Result<(Child, Option<OwnedFd>), (String, i32)> {
         ),
         _ => (format!("cannot run {program}: {e}"), 126),
     })?;
+    if let Some(Err(e)) = fresh.then(|| ns.adopt(child.id())) {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err((
+            format!("cannot keep the container's pid namespace: {e}"),
+            126,
+        ));
+    }
     Ok((child, master))
+}
+
+/// Between fork and exec: chroot into the container's `root` and chdir to `cwd`; the first
+/// process of a new pid namespace (`fresh`) first mounts a /proc of that namespace over the
+/// guest's at `root`/proc, which exec sessions see too.
+fn enter_root(cmd: &mut Command, root: &str, cwd: &str, fresh: bool) -> Result<(), (String, i32)> {
+    let cstr =
+        |s: String| std::ffi::CString::new(s).map_err(|_| ("bad root path".to_string(), 126));
+    let proc = format!("{root}/proc");
+    let proc = (fresh && Path::new(&proc).is_dir())
+        .then(|| cstr(proc))
+        .transpose()?;
+    let root = cstr(root.to_string())?;
+    let cwd = cstr(if cwd.is_empty() { "/" } else { cwd }.to_string())?;
+    // SAFETY: mount, chroot and chdir between fork and exec, with strings prepared before the
+    // fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(proc) = &proc {
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let fs = c"proc".as_ptr();
+                if libc::mount(fs, proc.as_ptr(), fs, flags, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// The process's stdio: pipes, or with a terminal the slave of a new pty, which becomes its
@@ -160,10 +194,43 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
 /// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later
 /// requests (exec sessions) share it. Writable through an overlay on a tmpfs unless
 /// `readonly`, so the disk itself (a cached image, attached read-only) never changes.
-fn mount_root(device: &str, readonly: bool) -> Result<String, String> {
+fn mount_root(device: &str, spec: &RunSpec) -> Result<String, String> {
     static ROOT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| mount_root_once(device, readonly))
-        .clone()
+    ROOT.get_or_init(|| {
+        let target = mount_root_once(device, spec.readonly)?;
+        if let Some(binds) = &spec.binds {
+            mount_binds(binds, &target)?;
+        }
+        Ok(target)
+    })
+    .clone()
+}
+
+/// The config's bind mounts, read-only: entry N of `binds.device` at its Nth destination
+/// under `target`, the mount point made as a file or directory like its source.
+fn mount_binds(binds: &Binds, target: &str) -> Result<(), String> {
+    let base = std::env::var("GUREUM_AGENT_BASE").unwrap_or_else(|_| "/run/gureum".into());
+    let disk = format!("{base}/binds");
+    mount(&binds.device, &disk, "ext4", libc::MS_RDONLY, "")?;
+    for (i, destination) in binds.destinations.iter().enumerate() {
+        let source = format!("{disk}/{i}");
+        let point = format!("{target}/{}", destination.trim_start_matches('/'));
+        let made = match Path::new(&source).is_dir() {
+            true => std::fs::create_dir_all(&point),
+            false => (Path::new(&point)
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all))
+            .and_then(|()| match Path::new(&point).exists() {
+                true => Ok(()),
+                false => std::fs::write(&point, b""),
+            }),
+        };
+        made.map_err(|e| format!("cannot make the mount point {destination}: {e}"))?;
+        mount_on(&source, &point, "", libc::MS_BIND | libc::MS_REC, "")?;
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+        mount_on("", &point, "", flags, "")?;
+    }
+    Ok(())
 }
 
 fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
@@ -198,6 +265,10 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
             mount(source, &format!("{target}/{dir}"), fstype, 0, "")?;
         }
     }
+    // Shared memory: the guest's own, as the config's /dev/shm (a tmpfs natively).
+    if !cannot("dev") {
+        mount("shm", &format!("{target}/dev/shm"), "tmpfs", 0, "mode=1777")?;
+    }
     // The guest's ptys, so that a terminal's slave has its name in the container too.
     if Path::new("/dev/pts/ptmx").exists() && !cannot("dev") {
         mount(
@@ -221,6 +292,17 @@ pub fn mount(
     data: &str,
 ) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("cannot make {target}: {e}"))?;
+    mount_on(source, target, fstype, flags, data)
+}
+
+/// mount(2) on an existing `target` (a directory or a file).
+fn mount_on(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
     let c = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("bad mount argument {s:?}"));
     let (src, tgt, fs, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     let data_ptr = if data.is_empty() {
@@ -317,12 +399,17 @@ fn signal_all(sig: Option<i32>) {
 }
 
 /// Serve one connection: a run request, then stdin, signals and resizes until the host goes.
-pub fn serve<R: Read, W: Write + Send + 'static>(mut reader: R, writer: W) -> Result<(), Error> {
+/// `main`: the connection that runs the container's first process (not an exec session).
+pub fn serve<R: Read, W: Write + Send + 'static>(
+    mut reader: R,
+    writer: W,
+    main: bool,
+) -> Result<(), Error> {
     let w: Shared<W> = Arc::new(Mutex::new(writer));
     let Some(spec) = read_spec(&mut reader, &w)? else {
         return Ok(());
     };
-    let (mut child, master) = match spawn(&spec) {
+    let (mut child, master) = match spawn(&spec, main) {
         Ok(spawned) => spawned,
         Err((why, status)) => return Ok(refuse(&w, &why, status)?),
     };

@@ -100,6 +100,21 @@ pub struct RunSpec {
     /// `process.oomScoreAdj`: the process's /proc/self/oom_score_adj.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// The process is PID 1 of a pid namespace of its own (config.json lists one): the first
+    /// request that asks makes it, with a /proc of it; every later request (exec) joins it.
+    #[serde(default)]
+    pub pid_namespace: bool,
+    /// The config's bind mounts, copied from the host onto a read-only disk of their own.
+    #[serde(default)]
+    pub binds: Option<Binds>,
+}
+
+/// A sandbox's bind mounts: `device` (ext4) holds one entry per mount, named by its index,
+/// which the agent binds read-only at `destinations[index]` in the container's root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binds {
+    pub device: String,
+    pub destinations: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -212,7 +212,7 @@ impl Bundle {
             .and_then(|l| l.seccomp().as_ref())
             .map(super::seccomp::compile)
             .transpose()?;
-        Ok(Self {
+        let mut bundle = Self {
             resources: resources(&spec),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroups_path: cgroups_path(&spec)?,
@@ -220,7 +220,10 @@ impl Bundle {
             rootfs,
             dir,
             spec,
-        })
+        };
+        bundle.process.pid_namespace =
+            (bundle.namespaces().iter()).any(|(kind, _)| *kind == LinuxNamespaceType::Pid);
+        Ok(bundle)
     }
 
     /// The annotation `gureum.isolation`, if present.

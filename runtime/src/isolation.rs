@@ -6,6 +6,8 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use oci_spec::runtime::LinuxNamespaceType;
+
 use super::bundle::{Bundle, Isolation, Process, Resources};
 use super::cgroup::Cgroup;
 use super::state::{Record, Status, Store};
@@ -135,6 +137,11 @@ impl Isolator for MicroVm {
             .is_some_and(|d| !d.is_empty())
         {
             return Err(Error::VmDevices);
+        }
+        let pid_path = (bundle.namespaces().into_iter())
+            .find_map(|(kind, path)| path.filter(|_| kind == LinuxNamespaceType::Pid));
+        if let Some(path) = pid_path {
+            return Err(Error::VmPidNamespace(path));
         }
         if let Some(setting) = bundle.resources.tuning.memory_settings() {
             return Err(Error::VmMemory(setting));

@@ -87,6 +87,11 @@ pub enum Error {
          it); use --isolation native"
     )]
     VmMemory(&'static str),
+    #[error(
+        "linux.namespaces: the pid namespace {0} is this host's, and a microVM sandbox's \
+         processes run in its guest: use --isolation native"
+    )]
+    VmPidNamespace(PathBuf),
 }
 
 impl Error {

@@ -182,23 +182,39 @@ fn build(rootfs: &Path, dir: &Path, key: &str, bytes: u64) -> Result<(), Error> 
     let image = dir.join(format!("{key}.ext4"));
     std::fs::create_dir_all(dir).map_err(|e| Error::Cache(dir.to_path_buf(), e))?;
     let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
+    mkfs(rootfs, &tmp, bytes)?;
+    std::fs::rename(&tmp, &image).map_err(|e| Error::Cache(image.clone(), e))
+}
+
+/// An image of `tree` at `image`, not cached (a container's own files).
+pub fn image_of(tree: &Path, image: &Path) -> Result<(), Error> {
+    let mut bytes = 0;
+    walk(tree, |_, _, meta| {
+        bytes += meta.len() + 4096;
+        Ok(())
+    })?;
+    mkfs(tree, image, bytes)
+}
+
+/// mkfs.ext4 of `tree` (`bytes` of content) at `image`.
+fn mkfs(tree: &Path, image: &Path, bytes: u64) -> Result<(), Error> {
     // Room for metadata and a little slack; the image is sparse.
     let mib = bytes * 5 / 4 / (1 << 20) + 32;
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-d"])
-        .arg(rootfs)
-        .arg(&tmp)
+        .arg(tree)
+        .arg(image)
         .arg(format!("{mib}M"))
         .output()
         .map_err(Error::NoMkfs)?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(image);
         let why = String::from_utf8_lossy(&out.stderr)
             .trim()
             .replace('\n', "; ");
-        return Err(Error::Mkfs(rootfs.to_path_buf(), why));
+        return Err(Error::Mkfs(tree.to_path_buf(), why));
     }
-    std::fs::rename(&tmp, &image).map_err(|e| Error::Cache(image.clone(), e))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! inherited from `create`, turns signals it receives into Signal frames, and exits with the
 //! process's status. `exec` is one more agent connection. The VMM dies with its monitor.
 
+mod binds;
 mod image;
 
 use std::io::{Read, Write};
@@ -47,6 +48,8 @@ pub enum Error {
     Missing(PathBuf),
     #[error(transparent)]
     Image(#[from] image::Error),
+    #[error(transparent)]
+    Binds(#[from] binds::Error),
     #[error("cannot start the sandbox")]
     Sys(#[source] std::io::Error),
     #[error("the sandbox did not come up: {0}")]
@@ -125,6 +128,21 @@ pub fn create(
 ) -> Result<(i32, Option<OwnedFd>), Error> {
     let (kernel, initrd) = guest()?;
     let image = image::rootfs_image(&bundle.rootfs, &cache())?;
+    let mut disks = vec![gureum_vmm::config::DiskConfig {
+        path: image,
+        read_only: true,
+        root: false,
+        id: None,
+    }];
+    let binds = binds::stage(bundle, dir)?.map(|(image, destinations)| {
+        disks.push(gureum_vmm::config::DiskConfig {
+            path: image,
+            read_only: true,
+            root: false,
+            id: None,
+        });
+        binds::for_agent(destinations)
+    });
     let (memory, vcpus) = size(bundle);
     let exe = standin_vmm()
         .or_else(gureum_vmm::boot::vmm_exe)
@@ -138,12 +156,7 @@ pub fn create(
         )),
         vcpus: Some(vcpus),
         memory_mib: Some(memory),
-        disks: Some(vec![gureum_vmm::config::DiskConfig {
-            path: image,
-            read_only: true,
-            root: false,
-            id: None,
-        }]),
+        disks: Some(disks),
         vsock: Some(gureum_vmm::config::VsockConfig {
             cid: 3,
             uds: dir.join("vsock.sock"),
@@ -172,7 +185,10 @@ pub fn create(
             // SAFETY: ends the monitor before it started anything.
             unsafe { libc::_exit(1) };
         }
-        monitor(vmm, bundle, dir, cgroup, report_w, tty);
+        let mut spec = bundle.process.clone();
+        spec.root = Some("/dev/vda".into());
+        spec.binds = binds;
+        monitor(vmm, &spec, dir, cgroup, report_w, tty);
     }
     drop(report_w);
     drop(tty);
@@ -194,7 +210,7 @@ pub fn create(
 /// The monitor process. Never returns.
 fn monitor(
     mut vmm: Command,
-    bundle: &Bundle,
+    spec: &Process,
     dir: &Path,
     cgroup: &Cgroup,
     report: OwnedFd,
@@ -264,12 +280,10 @@ fn monitor(
         .and_then(|mut f| f.write_all(b"0"));
     let status = match started {
         Ok(()) => {
-            let mut spec = bundle.process.clone();
-            spec.root = Some("/dev/vda".into());
             if let Some(t) = &tty {
                 controlling_terminal(t);
             }
-            relay(conn, &spec, tty.as_ref(), &log)
+            relay(conn, spec, tty.as_ref(), &log)
         }
         Err(_) => 255,
     };
