@@ -1,5 +1,5 @@
-//! Docker (Debian's docker.io 20.10, `--add-runtime`) driving gureum's native isolation, next
-//! to docker driving runc, in the same test: every case runs under both and must come out the
+//! Docker (Debian's docker.io 20.10, `--add-runtime`) driving gureum's native isolation (and,
+//! in the KVM test machine, its sandboxes), next to docker driving runc, in the same test: every case runs under both and must come out the
 //! same. The test starts a private dockerd (its own data and exec roots and socket; no bridge
 //! and no iptables rules, so it leaves the host's network alone: containers get network none)
 //! and stops it at the end; the image is a busybox root filesystem imported into it. gureum is
@@ -26,12 +26,19 @@ struct Dockerd {
 impl Dockerd {
     fn start() -> Self {
         let dir = common::scratch("docker");
-        let wrapper = dir.join("gureum-native");
-        let script = format!("#!/bin/sh\nexec '{GUREUM}' --isolation native \"$@\"\n");
-        std::fs::write(&wrapper, script).unwrap();
-        let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&wrapper, perms).unwrap();
+        let mut runtimes = Vec::new();
+        for isolation in ["native", "vm"] {
+            let wrapper = dir.join(format!("gureum-{isolation}"));
+            let script = format!("#!/bin/sh\nexec '{GUREUM}' --isolation {isolation} \"$@\"\n");
+            std::fs::write(&wrapper, script).unwrap();
+            let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&wrapper, perms).unwrap();
+            runtimes.extend([
+                "--add-runtime".to_string(),
+                format!("gureum-{isolation}={}", wrapper.display()),
+            ]);
+        }
         let path = |name: &str| dir.join(name).display().to_string();
         let daemon = Command::new("dockerd")
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
@@ -42,15 +49,15 @@ impl Dockerd {
                 &format!("unix://{}", path("sock")),
             ])
             .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
-            .args(["--add-runtime", &format!("gureum={}", wrapper.display())])
+            .args(&runtimes)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
             .spawn()
             .expect("dockerd (scripts/setup.sh installs docker.io)");
         let me = Self { dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while me.engine().cmd(Runtime::Runc, &["version"], None).code != Some(0) {
+        let deadline = Instant::now() + common::scaled(Duration::from_secs(30));
+        while me.engine(false).cmd(Runtime::Runc, &["version"], None).code != Some(0) {
             assert!(
                 Instant::now() < deadline,
                 "dockerd never answered: {}",
@@ -65,7 +72,12 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
 
-    fn engine(&self) -> Engine {
+    /// Docker with runc, or gureum in native isolation (`vm`: in microVM isolation).
+    fn engine(&self, vm: bool) -> Engine {
+        let runtime_run: fn(Runtime) -> Vec<String> = match vm {
+            false => |rt| run_flags(rt, "gureum-native"),
+            true => |rt| run_flags(rt, "gureum-vm"),
+        };
         Engine {
             program: "docker",
             global: vec![
@@ -73,14 +85,7 @@ impl Dockerd {
                 format!("unix://{}", self.dir.join("sock").display()),
             ],
             runtime_global: |_| Vec::new(),
-            runtime_run: |rt| {
-                let name = if rt == Runtime::Gureum {
-                    "gureum"
-                } else {
-                    "runc"
-                };
-                vec!["--runtime".into(), name.into()]
-            },
+            runtime_run,
             image: IMAGE.into(),
             run_flags: Vec::new(),
         }
@@ -92,7 +97,7 @@ impl Dockerd {
         let tar = self.dir.join("rootfs.tar");
         tar_of(&rootfs, &tar);
         let import = ["import", tar.to_str().unwrap(), IMAGE];
-        let out = self.engine().cmd(Runtime::Runc, &import, None);
+        let out = self.engine(false).cmd(Runtime::Runc, &import, None);
         assert_eq!(out.code, Some(0), "docker import: {}", out.describe());
     }
 }
@@ -103,6 +108,15 @@ impl Drop for Dockerd {
         unsafe { libc::kill(i32::try_from(self.daemon.id()).unwrap_or(-1), libc::SIGTERM) };
         let _ = self.daemon.wait();
     }
+}
+
+fn run_flags(rt: Runtime, gureum: &str) -> Vec<String> {
+    let name = if rt == Runtime::Gureum {
+        gureum
+    } else {
+        "runc"
+    };
+    vec!["--runtime".into(), name.into()]
 }
 
 fn tar_of(dir: &Path, tar: &Path) {
@@ -116,7 +130,19 @@ fn tar_of(dir: &Path, tar: &Path) {
 fn docker_drives_gureum_as_it_drives_runc() {
     let d = Dockerd::start();
     d.import_image();
-    let e = d.engine();
+    let e = d.engine(false);
+    engine::exit_codes_stdin_and_a_terminal(&e);
+    engine::detached_exec_pause_stop_kill_and_rm(&e);
+    engine::init_passes_sigterm_on(&e);
+}
+
+/// The same cases with gureum's microVM isolation.
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn docker_drives_gureum_sandboxes_as_it_drives_runc() {
+    let d = Dockerd::start();
+    d.import_image();
+    let e = d.engine(true);
     engine::exit_codes_stdin_and_a_terminal(&e);
     engine::detached_exec_pause_stop_kill_and_rm(&e);
     engine::init_passes_sigterm_on(&e);
