@@ -47,66 +47,6 @@ fn codes(isolation: &'static str) {
     b.assert_gone(&id("missing"));
 }
 
-per_isolation!(bind_mounts_are_copied_into_a_sandbox_read_only => binds; standin, vm);
-
-/// A sandbox's guest cannot see this host's files: a bind-mounted file or read-only directory
-/// is there as a copy, read-only; a read-write bind of a directory is refused in one line.
-fn binds(isolation: &'static str) {
-    let script = "cat /etc/greeting /opt/data/inner/f; echo more >> /etc/greeting || echo refused";
-    let b = Bundle::with_isolation(
-        "binds",
-        serde_json::json!({"args": ["sh", "-c", script]}),
-        isolation,
-    );
-    let host = b.dir.join("host");
-    std::fs::create_dir_all(host.join("data/inner")).unwrap();
-    std::fs::write(host.join("greeting"), "hello from the host\n").unwrap();
-    std::fs::write(host.join("data/inner/f"), "in a directory\n").unwrap();
-    let mount = |source: &str, destination: &str, options: &[&str]| {
-        serde_json::json!({"destination": destination, "type": "bind",
-            "source": host.join(source), "options": options})
-    };
-    let edit = |extra: serde_json::Value| {
-        move |c: &mut serde_json::Value| c["mounts"].as_array_mut().unwrap().extend([extra])
-    };
-    b.config(serde_json::json!({"args": ["sh", "-c", script]}), |c| {
-        edit(mount("greeting", "/etc/greeting", &["rbind", "rw"]))(c);
-        edit(mount("data", "/opt/data", &["rbind", "ro"]))(c);
-    });
-    let out = b.run(&id("binds"));
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(
-        out.stdout,
-        "hello from the host\nin a directory\nrefused\n",
-        "{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains("Read-only file system"),
-        "{}",
-        out.describe()
-    );
-    b.assert_gone(&id("binds"));
-    assert_eq!(
-        std::fs::read_to_string(host.join("greeting")).unwrap(),
-        "hello from the host\n"
-    );
-
-    b.config(
-        serde_json::json!({"args": ["true"]}),
-        edit(mount("data", "/opt/data", &["rbind"])),
-    );
-    let out = b.run(&id("rwdir"));
-    assert_eq!(out.code, Some(1), "{}", out.describe());
-    assert!(
-        out.stderr.contains("read-write bind of a directory"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
-    b.assert_gone(&id("rwdir"));
-}
-
 per_isolation!(ten_megabytes_through_cat_with_stderr_apart => cat);
 
 fn cat(isolation: &'static str) {

@@ -8,8 +8,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Output;
 use common::bundle::{Bundle, id};
-use common::{Output, finish};
 
 #[derive(Clone, Copy, Debug)]
 enum Runtime {
@@ -33,14 +33,7 @@ impl Runtime {
     }
 
     fn output(self, b: &Bundle, args: &[&str]) -> Output {
-        let child = self
-            .command(b, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, Duration::from_secs(30))
+        common::output_of(&mut self.command(b, args), None, Duration::from_secs(30))
     }
 
     /// `run` of the bundle in the foreground as container `id`.

@@ -146,6 +146,11 @@ impl Isolator for MicroVm {
         if let Some(setting) = bundle.resources.tuning.memory_settings() {
             return Err(Error::VmMemory(setting));
         }
+        let net_path = (bundle.namespaces().into_iter())
+            .find_map(|(kind, path)| path.filter(|_| kind == LinuxNamespaceType::Network));
+        if let Some(path) = net_path {
+            vm::network::check(&path).map_err(vm::Error::from)?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{GUREUM, Output, busybox_rootfs, finish, scratch};
+use super::{GUREUM, Output, busybox_rootfs, scratch};
 
 /// A bundle with a static busybox as its rootfs and `process` merged into a default config.
 pub struct Bundle {
@@ -164,14 +164,7 @@ impl Bundle {
     }
 
     pub fn gureum(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, Duration::from_secs(30))
+        super::output_of(&mut self.command(args), None, Duration::from_secs(30))
     }
 
     /// `create` then `start` of this bundle as container `id`, with `stdout` as the container's

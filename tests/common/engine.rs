@@ -1,11 +1,10 @@
-//! A container engine (podman, docker) driving runc or gureum's native isolation on the same
+//! A container engine (podman, docker) driving runc or gureum (native, or sandboxes) on the same
 //! image, and the cases both engines' tests run under each runtime and compare.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{Output, finish};
+use super::Output;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
@@ -34,21 +33,8 @@ impl Engine {
         let mut cmd = Command::new(self.program);
         cmd.args(&self.global)
             .args((self.runtime_global)(rt))
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("the engine (scripts/setup.sh installs it)");
-        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(bytes).unwrap();
-        }
-        finish(child, Duration::from_secs(60))
+            .args(args);
+        super::output_of(&mut cmd, stdin, Duration::from_secs(60))
     }
 
     /// `run MODE [flags] EXTRA IMAGE ARGS` (MODE: --rm or -d).

@@ -133,8 +133,13 @@ macro_rules! per_isolation {
 }
 
 pub fn spawn(args: &[&str], stdin: Option<&[u8]>) -> Child {
-    let mut child = Command::new(GUREUM)
-        .args(args)
+    spawn_piped(Command::new(GUREUM).args(args), stdin)
+}
+
+/// Starts `cmd` with its stdout and stderr piped and `stdin` written to it, then closed
+/// (None: /dev/null).
+pub fn spawn_piped(cmd: &mut Command, stdin: Option<&[u8]>) -> Child {
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -143,12 +148,17 @@ pub fn spawn(args: &[&str], stdin: Option<&[u8]>) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn gureum");
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
         pipe.write_all(input).unwrap();
     }
     child
+}
+
+/// [`spawn_piped`], then [`finish`]: its output and status.
+pub fn output_of(cmd: &mut Command, stdin: Option<&[u8]>, deadline: Duration) -> Output {
+    finish(spawn_piped(cmd, stdin), deadline)
 }
 
 /// Wait for `child` up to `deadline` (scaled); kill it past that. Collects its output, read

@@ -7,6 +7,7 @@
 
 mod binds;
 mod image;
+pub mod network;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -50,6 +51,8 @@ pub enum Error {
     Image(#[from] image::Error),
     #[error(transparent)]
     Binds(#[from] binds::Error),
+    #[error(transparent)]
+    Network(#[from] network::Error),
     #[error("cannot start the sandbox")]
     Sys(#[source] std::io::Error),
     #[error("the sandbox did not come up: {0}")]

@@ -1,0 +1,127 @@
+//! What a sandbox's guest gets of this host, through the real binary (the stand-in VMM on PVM
+//! hosts, a real microVM in the KVM test machine): copies of its bind mounts, and no network
+//! namespace it cannot pass in.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::bundle::{Bundle, id};
+
+per_isolation!(bind_mounts_are_copied_into_a_sandbox_read_only => binds; standin, vm);
+
+/// A sandbox's guest cannot see this host's files: a bind-mounted file or read-only directory
+/// is there as a copy, read-only; a read-write bind of a directory is refused in one line.
+fn binds(isolation: &'static str) {
+    let script = "cat /etc/greeting /opt/data/inner/f; echo more >> /etc/greeting || echo refused";
+    let b = Bundle::with_isolation(
+        "binds",
+        serde_json::json!({"args": ["sh", "-c", script]}),
+        isolation,
+    );
+    let host = b.dir.join("host");
+    std::fs::create_dir_all(host.join("data/inner")).unwrap();
+    std::fs::write(host.join("greeting"), "hello from the host\n").unwrap();
+    std::fs::write(host.join("data/inner/f"), "in a directory\n").unwrap();
+    let mount = |source: &str, destination: &str, options: &[&str]| {
+        serde_json::json!({"destination": destination, "type": "bind",
+            "source": host.join(source), "options": options})
+    };
+    let edit = |extra: serde_json::Value| {
+        move |c: &mut serde_json::Value| c["mounts"].as_array_mut().unwrap().extend([extra])
+    };
+    b.config(serde_json::json!({"args": ["sh", "-c", script]}), |c| {
+        edit(mount("greeting", "/etc/greeting", &["rbind", "rw"]))(c);
+        edit(mount("data", "/opt/data", &["rbind", "ro"]))(c);
+    });
+    let out = b.run(&id("binds"));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "hello from the host\nin a directory\nrefused\n",
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.describe()
+    );
+    b.assert_gone(&id("binds"));
+    assert_eq!(
+        std::fs::read_to_string(host.join("greeting")).unwrap(),
+        "hello from the host\n"
+    );
+
+    b.config(
+        serde_json::json!({"args": ["true"]}),
+        edit(mount("data", "/opt/data", &["rbind"])),
+    );
+    let out = b.run(&id("rwdir"));
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("read-write bind of a directory"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+    b.assert_gone(&id("rwdir"));
+}
+
+per_isolation!(a_sandbox_refuses_a_network_namespace_it_cannot_pass_in => network; standin, vm);
+
+/// A sandbox's guest has loopback only: joining a network namespace (by path, as podman's and
+/// Docker's networks do) with an interface is refused in one line; an empty one is fine.
+fn network(isolation: &'static str) {
+    let b = Bundle::with_isolation("net", serde_json::json!({"args": ["true"]}), isolation);
+    // Two namespaces held by sleeps: one with a veth pair, one with loopback only.
+    let hold = |script: &str| {
+        Command::new("unshare")
+            .args(["--net", "sh", "-c", script])
+            .spawn()
+            .unwrap()
+    };
+    let mut wired = hold("ip link add v0 type veth peer name v1 && exec sleep 600");
+    let mut bare = hold("exec sleep 600");
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let ns_of = |child: &std::process::Child, want_links: usize| {
+        let path = format!("/proc/{}/ns/net", child.id());
+        let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
+        loop {
+            let links = std::fs::read_to_string(format!("/proc/{}/net/dev", child.id()))
+                .map_or(0, |d| d.lines().count() - 2);
+            if std::fs::read_link(&path).is_ok_and(|l| l != own) && links == want_links {
+                return path;
+            }
+            assert!(Instant::now() < deadline, "{path}: {links} links");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (wired_ns, bare_ns) = (ns_of(&wired, 3), ns_of(&bare, 1));
+    let join = |path: String| {
+        move |c: &mut serde_json::Value| {
+            c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"},
+                {"type": "network", "path": path}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "mount"}]);
+        }
+    };
+    b.config(serde_json::json!({"args": ["true"]}), join(wired_ns));
+    let refused = b.run(&id("wired"));
+    b.config(serde_json::json!({"args": ["true"]}), join(bare_ns));
+    let ran = b.run(&id("bare"));
+    for child in [&mut wired, &mut bare] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(refused.code, Some(1), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("has v0, v1"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.describe());
+    b.assert_gone(&id("wired"));
+    assert_eq!(ran.code, Some(0), "{}", ran.describe());
+    b.assert_gone(&id("bare"));
+}
