@@ -373,7 +373,7 @@ fn destroy(store: &Store, record: &Record) {
         }
     }
     cgroup.remove();
-    vm::remove_sockets(&store.dir(&record.id));
+    vm::sockets::remove(&store.dir(&record.id));
     image::bundle::remove(&store.image_dir(&record.id));
     let _ = store.remove(&record.id);
     let state = state::hook_state(record, Status::Stopped, record.pid);

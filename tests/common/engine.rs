@@ -34,7 +34,18 @@ impl Engine {
         cmd.args(&self.global)
             .args((self.runtime_global)(rt))
             .args(args);
-        super::output_of(&mut cmd, stdin, Duration::from_secs(60))
+        // 5 min in the KVM test machine: a command that hangs fails with its output, in time
+        // for the others to run.
+        let start = Instant::now();
+        let out = super::output_of(&mut cmd, stdin, Duration::from_secs(15));
+        // Shown with a failing test's output (or live with --nocapture).
+        eprintln!(
+            "{} {args:?} ({rt:?}): {:?} in {:.1?}",
+            self.program,
+            out.code,
+            start.elapsed()
+        );
+        out
     }
 
     /// `run MODE [flags] EXTRA IMAGE ARGS` (MODE: --rm or -d).

@@ -8,6 +8,7 @@
 mod binds;
 mod image;
 pub mod network;
+pub mod sockets;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -61,44 +62,6 @@ pub enum Error {
     Agent(#[from] client::Error),
     #[error("the sandbox's VM")]
     Config(#[from] gureum_vmm::config::Error),
-}
-
-/// The vsock device's Unix socket: `vsock.sock` in the container's state directory, or, where
-/// that path (with the `_PORT` suffix of a listener's) would not fit a socket address (a
-/// client's long state root, as Docker's), a short one named by the directory's hash.
-fn vsock_socket(dir: &Path) -> PathBuf {
-    let path = dir.join("vsock.sock");
-    // sun_path's 108 bytes, with a NUL and "_65535" to spare.
-    if path.as_os_str().len() < 108 - 7 {
-        return path;
-    }
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let name: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Path::new(SHORT_SOCKETS).join(format!("{name}.sock"))
-}
-
-/// Where the vsock sockets of long state directories are.
-const SHORT_SOCKETS: &str = "/run/gureum-vsock";
-
-/// Removes the sockets [`vsock_socket`] put outside the state directory `dir`, if any.
-pub fn remove_sockets(dir: &Path) {
-    let path = vsock_socket(dir);
-    if !path.starts_with(dir) {
-        let prefix = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let entries = std::fs::read_dir(SHORT_SOCKETS)
-            .into_iter()
-            .flatten()
-            .flatten();
-        for entry in entries {
-            if prefix
-                .as_deref()
-                .is_some_and(|p| entry.file_name().to_string_lossy().starts_with(p))
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
 }
 
 /// gureum's cache: guest kernels, rootfs images, image layers (GUREUM_CACHE overrides).
@@ -200,7 +163,7 @@ pub fn create(
         disks: Some(disks),
         vsock: Some(gureum_vmm::config::VsockConfig {
             cid: 3,
-            uds: vsock_socket(dir),
+            uds: sockets::vsock(dir),
         }),
         ..Default::default()
     }
@@ -286,7 +249,7 @@ fn monitor(
             Ok(())
         });
     }
-    let uds = vsock_socket(dir);
+    let uds = sockets::vsock(dir);
     let ready_path = PathBuf::from(format!("{}_{READY_PORT}", uds.display()));
     if let Some(parent) = uds.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -532,7 +495,7 @@ pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, 
 
 /// A new agent connection for `process`, which runs on the container's root disk.
 fn session(dir: &Path, process: &Process) -> Result<(UnixStream, Process), Error> {
-    let conn = try_connect(&vsock_socket(dir)).map_err(Error::Sys)?;
+    let conn = try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
     let mut spec = process.clone();
     spec.root = Some("/dev/vda".into());
     Ok((conn, spec))
@@ -540,7 +503,7 @@ fn session(dir: &Path, process: &Process) -> Result<(UnixStream, Process), Error
 
 /// `kill --all` in a sandbox: the agent signals every process of the guest.
 pub fn signal_all(dir: &Path, sig: i32) -> Result<(), Error> {
-    let conn = try_connect(&vsock_socket(dir)).map_err(Error::Sys)?;
+    let conn = try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
     Ok(client::signal_all(conn, sig)?)
 }
 
@@ -579,25 +542,6 @@ pub fn phases(dir: &Path) -> Vec<(&'static str, u64)> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_long_state_directory_gets_a_short_vsock_socket() {
-        let short = std::path::Path::new("/run/gureum/c1");
-        assert_eq!(super::vsock_socket(short), short.join("vsock.sock"));
-        // Docker's: its exec root, the runtime's name, its namespace, a 64-character id.
-        let long = std::path::PathBuf::from("/tmp/d/exec/runtime-runc/moby").join("a".repeat(64));
-        let socket = super::vsock_socket(&long);
-        assert!(
-            socket.starts_with(super::SHORT_SOCKETS),
-            "{}",
-            socket.display()
-        );
-        assert!(format!("{}_65535", socket.display()).len() < 108);
-        assert_ne!(
-            super::vsock_socket(&long.with_file_name("b".repeat(64))),
-            socket
-        );
-    }
-
     #[test]
     fn a_failed_start_names_the_console_s_last_lines() {
         let log = std::env::temp_dir().join(format!("gureum-console-{}", std::process::id()));
