@@ -209,8 +209,7 @@ fn mount_root(device: &str, spec: &RunSpec) -> Result<String, String> {
 /// The config's bind mounts, read-only: entry N of `binds.device` at its Nth destination
 /// under `target`, the mount point made as a file or directory like its source.
 fn mount_binds(binds: &Binds, target: &str) -> Result<(), String> {
-    let base = std::env::var("GUREUM_AGENT_BASE").unwrap_or_else(|_| "/run/gureum".into());
-    let disk = format!("{base}/binds");
+    let disk = format!("{}/binds", base());
     mount(&binds.device, &disk, "ext4", libc::MS_RDONLY, "")?;
     for (i, destination) in binds.destinations.iter().enumerate() {
         let source = format!("{disk}/{i}");
@@ -234,8 +233,7 @@ fn mount_binds(binds: &Binds, target: &str) -> Result<(), String> {
 }
 
 fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
-    // The guest's /run is a tmpfs; natively (tests) GUREUM_AGENT_BASE names a scratch directory.
-    let base = std::env::var("GUREUM_AGENT_BASE").unwrap_or_else(|_| "/run/gureum".into());
+    let base = base();
     let target = format!("{base}/rootfs");
     let lower = if readonly {
         target.clone()
@@ -280,6 +278,12 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
         )?;
     }
     Ok(target)
+}
+
+/// Where the agent mounts the container's disks: the guest's /run is a tmpfs; natively (tests)
+/// GUREUM_AGENT_BASE names a scratch directory.
+fn base() -> String {
+    std::env::var("GUREUM_AGENT_BASE").unwrap_or_else(|_| "/run/gureum".into())
 }
 
 /// mount(2), making `target` first; `data` empty passes none. Something already mounted there
