@@ -125,3 +125,40 @@ fn network(isolation: &'static str) {
     assert_eq!(ran.code, Some(0), "{}", ran.describe());
     b.assert_gone(&id("bare"));
 }
+
+/// A VMM whose guest never answers (a frozen boot): `run` fails after the agent's deadline in
+/// one error that says where the VMM's threads were and what the console printed, and leaves
+/// nothing behind. The "VMM" is `sleep` under gureum-vmm's arguments.
+#[test]
+fn a_sandbox_whose_agent_never_answers_fails_with_the_vmm_s_threads() {
+    let b = Bundle::with_isolation("frozen", serde_json::json!({"args": ["true"]}), "standin");
+    let frozen = b.dir.join("frozen-vmm");
+    std::fs::write(
+        &frozen,
+        "#!/bin/bash\nexec -a \"frozen-vmm $*\" sleep 1000\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&frozen).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&frozen, perms).unwrap();
+    let bundle = b.dir.to_str().unwrap().to_string();
+    let id = id("frozen");
+    let mut cmd = b.command(&["run", "--bundle", &bundle, &id]);
+    cmd.env("GUREUM_SANDBOX_VMM", &frozen);
+    let start = Instant::now();
+    let out = common::output_of(&mut cmd, None, Duration::from_secs(60));
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "{}",
+        out.describe()
+    );
+    for said in [
+        "the agent did not answer within 20s; the VMM's threads:\n    sleep (tid ",
+        "): S, in ",
+        " s of CPU in 1.0 s; the guest console printed nothing",
+    ] {
+        assert!(out.stderr.contains(said), "{said:?}: {}", out.describe());
+    }
+    b.assert_gone(&id);
+}
