@@ -10,7 +10,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # shellcheck source=lib.sh
 . "$root/scripts/lib.sh"
-ensure_packages build-essential qemu-system-x86 util-linux iproute2 e2fsprogs busybox-static runc runsc \
+ensure_packages build-essential curl qemu-system-x86 util-linux iproute2 e2fsprogs busybox-static runc runsc \
   podman containerd docker.io
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -329,6 +329,13 @@ pub struct BootArgs {
     /// VMM with one line naming it.
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Serve Firecracker's REST API for the running VM on this Unix socket, as
+    /// `firecracker --api-sock` does: GET / (state), GET /machine-config, and
+    /// PATCH /vm {"state": "Paused"} or {"state": "Resumed"}. E.g.
+    /// `curl --unix-socket PATH -X PATCH http://localhost/vm -d '{"state":"Paused"}'`.
+    /// docs/api.yaml lists every path. The socket file is removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 }
 
 impl BootArgs {
@@ -353,6 +360,7 @@ impl BootArgs {
             phases: self.phases,
             allow_pvm_linux: self.allow_pvm_linux,
             no_seccomp: self.no_seccomp,
+            api_sock: self.api_sock.clone(),
         }
     }
 }

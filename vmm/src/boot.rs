@@ -21,8 +21,10 @@ pub enum Error {
     Vmm(#[from] vmm::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
-    #[error("cannot open the directory of the vsock socket {0}")]
+    #[error("cannot open the directory of the socket {0}")]
     SocketDir(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Api(#[from] crate::api::server::Error),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -51,6 +53,8 @@ pub struct BootRequest {
     pub allow_pvm_linux: bool,
     /// Run without the VMM's seccomp filter.
     pub no_seccomp: bool,
+    /// Serve Firecracker's API for the running VM on this Unix socket.
+    pub api_sock: Option<PathBuf>,
 }
 
 /// One line: the error and each cause after it (skipping causes whose text some crates already
@@ -107,12 +111,14 @@ impl SocketFile {
 fn confine(
     args: &BootRequest,
     socket: Option<&SocketFile>,
+    api: Option<&SocketFile>,
 ) -> Result<Option<seccomp::Confinement>, Error> {
     if args.no_seccomp {
         return Ok(None);
     }
     seccomp::handle_sigsys()?;
-    let filter = seccomp::filter(socket.map(|s| s.dir.as_raw_fd()))?;
+    let dir = |s: &SocketFile| s.dir.as_raw_fd();
+    let filter = seccomp::filter(socket.map(dir), api.map(dir))?;
     let jail = socket.map(|s| s.dir_path.clone());
     Ok(Some(seccomp::Confinement {
         filter,
@@ -184,6 +190,11 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
         );
     }
     let mut phases = phases::Phases::new(start, args.phases);
+    // The API socket first: a path that cannot be served fails before the VM is built.
+    let api = match &args.api_sock {
+        Some(path) => Some((crate::api::server::bind(path)?, SocketFile::of(path)?)),
+        None => None,
+    };
     let vmm = vmm::Vmm::try_from(&config)?;
     // The VM made the vsock socket; gureum removes it at exit through its directory, the one
     // the filter lets it unlink in.
@@ -193,13 +204,14 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
         })
     });
     let socket = socket.transpose()?;
-    let outcome = confine(args, socket.as_ref()).and_then(|confinement| {
+    let (listener, api_file) = api.unzip();
+    let outcome = confine(args, socket.as_ref(), api_file.as_ref()).and_then(|confinement| {
         let raw_terminal = term::RawTerminal::enable(0);
-        let outcome = vmm.run(timeout, &mut phases, confinement);
+        let outcome = vmm.run(timeout, &mut phases, confinement, listener);
         drop(raw_terminal);
         Ok(outcome?)
     });
-    if let Some(s) = socket {
+    for s in socket.into_iter().chain(api_file) {
         s.remove();
     }
     let outcome = outcome?;

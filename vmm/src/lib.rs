@@ -4,12 +4,14 @@
 //! of the CLI or of containers: the `gureum` and `gureum-vmm` executables hand it a
 //! `boot::BootRequest`, and the container runtime launches it as a process (`boot::launch`).
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod event_loop;
 pub mod host_check;
 pub mod loader;
+pub mod pause;
 pub mod phases;
 pub mod seccomp;
 pub mod term;

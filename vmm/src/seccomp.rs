@@ -30,7 +30,7 @@ pub enum Error {
 }
 
 /// System calls allowed with any arguments.
-const ALLOWED: [libc::c_long; 49] = [
+const ALLOWED: [libc::c_long; 50] = [
     // Guest memory, device queues, disks, TAPs, eventfds, the console.
     libc::SYS_read,
     libc::SYS_write,
@@ -85,6 +85,8 @@ const ALLOWED: [libc::c_long; 49] = [
     libc::SYS_set_robust_list,
     libc::SYS_sched_getaffinity,
     libc::SYS_gettid,
+    // pthread_kill (a pause's kick) asks for the process id before its tgkill.
+    libc::SYS_getpid,
     // std's stack-overflow guard of a new thread (a SIGSYS the filter raises cannot be
     // ignored: the kernel resets an ignored one and kills).
     libc::SYS_rt_sigaction,
@@ -106,9 +108,12 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, Error> {
     SeccompRule::new(conditions).map_err(Error::Build)
 }
 
-/// The filter. `vsock_dir`, with vsock: the descriptor of its socket's directory, the one
-/// `unlinkat` may name; Unix sockets may then be made, connected and accepted.
-pub fn filter(vsock_dir: Option<i32>) -> Result<BpfProgram, Error> {
+/// The filter. `vsock_dir`, with vsock: the descriptor of its socket's directory, one that
+/// `unlinkat` may name; Unix sockets may then be made and connected. `api_dir`, with an API
+/// socket: its directory, the other one `unlinkat` may name. Connections are accepted on the
+/// listeners made before the filter (vsock's, the API's); a vCPU thread is kicked (a pause)
+/// with `pause::kick_signal`, and with no other signal.
+pub fn filter(vsock_dir: Option<i32>, api_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&s| (s, Vec::new())).collect();
     let kvm = rule(vec![condition(
@@ -134,15 +139,29 @@ pub fn filter(vsock_dir: Option<i32>) -> Result<BpfProgram, Error> {
     let set_name = u64::try_from(libc::PR_SET_NAME).unwrap_or_default();
     let prctl = rule(vec![condition(0, SeccompCmpOp::Eq, set_name)?])?;
     rules.insert(libc::SYS_prctl, vec![prctl]);
-    if let Some(fd) = vsock_dir {
+    rules.insert(libc::SYS_accept4, Vec::new());
+    let kick = u64::from(crate::pause::kick_signal().cast_unsigned());
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![condition(2, SeccompCmpOp::Eq, kick)?])?],
+    );
+    if vsock_dir.is_some() {
         let unix = u64::from(libc::AF_UNIX.cast_unsigned());
         let socket = rule(vec![condition(0, SeccompCmpOp::Eq, unix)?])?;
         rules.insert(libc::SYS_socket, vec![socket]);
         rules.insert(libc::SYS_connect, Vec::new());
-        rules.insert(libc::SYS_accept4, Vec::new());
-        let dir = u64::from(fd.cast_unsigned());
-        let unlink = rule(vec![condition(0, SeccompCmpOp::Eq, dir)?])?;
-        rules.insert(libc::SYS_unlinkat, vec![unlink]);
+    }
+    let unlink = (vsock_dir.into_iter().chain(api_dir))
+        .map(|fd| {
+            rule(vec![condition(
+                0,
+                SeccompCmpOp::Eq,
+                u64::from(fd.cast_unsigned()),
+            )?])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !unlink.is_empty() {
+        rules.insert(libc::SYS_unlinkat, unlink);
     }
     let trap = SeccompAction::Trap;
     let filter = SeccompFilter::new(rules, trap, SeccompAction::Allow, TargetArch::x86_64)
@@ -241,7 +260,7 @@ mod tests {
 
     /// Runs `f` in a forked child under the filter; its exit status.
     fn in_child(unlink_dir: Option<i32>, f: impl FnOnce() -> i32) -> i32 {
-        let program = filter(unlink_dir).unwrap();
+        let program = filter(unlink_dir, None).unwrap();
         // SAFETY: the child only installs the filter, runs `f` and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -320,6 +339,17 @@ mod tests {
             )),
             0
         );
+    }
+
+    #[test]
+    fn a_thread_may_be_kicked_with_the_kick_signal_and_no_other() {
+        crate::pause::install_kick_handler().unwrap();
+        let kick = |sig: libc::c_int| {
+            // SAFETY: signals this very thread; the kick's handler only stores to memory.
+            i32::from(unsafe { libc::pthread_kill(libc::pthread_self(), sig) } != 0)
+        };
+        assert_eq!(in_child(None, || kick(crate::pause::kick_signal())), 0);
+        assert_eq!(in_child(None, || kick(libc::SIGUSR1)), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{cpuid, regs};
+use crate::pause::{self, PauseGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -105,23 +106,31 @@ impl Vcpu {
         })
     }
 
-    /// Run on a thread of its own until the guest stops or crashes.
-    pub fn start(mut self, first_entry: Arc<OnceLock<Instant>>) -> Result<(), Error> {
+    /// Run on a thread of its own until the guest stops or crashes, parking whenever `gate`
+    /// asks for a pause.
+    pub fn start(
+        mut self,
+        first_entry: Arc<OnceLock<Instant>>,
+        gate: Arc<PauseGate>,
+    ) -> Result<(), Error> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || {
+                pause::enter(self.fd.get_kvm_run());
+                gate.register();
                 if self.id == 0 {
                     first_entry.get_or_init(Instant::now);
                 }
-                let exit = self.run();
+                let exit = self.run(&gate);
+                gate.unregister();
                 self.exit.report(exit);
             })
             .map(drop)
             .map_err(|e| Error::Spawn(id, e))
     }
 
-    fn run(&mut self) -> GuestExit {
+    fn run(&mut self, gate: &PauseGate) -> GuestExit {
         loop {
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -161,7 +170,13 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => GuestExit::Crashed(self.internal_error()),
                 Ok(VcpuExit::Intr | VcpuExit::IrqWindowOpen) => continue,
                 Ok(other) => GuestExit::Crashed(format!("unexpected VM exit {other:?}")),
-                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => continue,
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {
+                    // A kick (pause::on_kick) set immediate_exit: clear it, and park if a
+                    // pause is what it was for.
+                    self.fd.set_kvm_immediate_exit(0);
+                    gate.park_if_requested();
+                    continue;
+                }
                 Err(e) => GuestExit::Crashed(format!("KVM_RUN failed on vCPU {}: {e}", self.id)),
             };
             return exit;

@@ -21,6 +21,7 @@ use crate::arch::x86_64::{layout::*, mptable, regs, zero_page};
 use crate::config::VmConfig;
 use crate::event_loop::{ConsoleInput, ExitWatcher, Outcome, block_exit_signals};
 use crate::loader;
+use crate::pause::PauseGate;
 use crate::phases::Phases;
 use crate::vcpu::{self, ExitSlot, Vcpu};
 use crate::virtio_devices;
@@ -60,6 +61,8 @@ pub enum Error {
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
+    #[error(transparent)]
+    Pause(#[from] crate::pause::Error),
 }
 
 type ConsoleOut = File;
@@ -69,6 +72,7 @@ pub struct Vmm {
     _kvm: Kvm,
     _vm: VmFd,
     memory: GuestMemoryMmap,
+    memory_mib: u64,
     vcpus: Vec<Vcpu>,
     serial: Arc<Mutex<Serial<ConsoleOut>>>,
     serial_ready: EventFd,
@@ -134,6 +138,7 @@ impl TryFrom<&VmConfig> for Vmm {
             _kvm: kvm,
             _vm: vm,
             memory,
+            memory_mib: cfg.memory_mib,
             vcpus,
             serial: legacy.serial,
             serial_ready: legacy.serial_ready,
@@ -268,7 +273,10 @@ impl Vmm {
         timeout: Option<Duration>,
         phases: &mut Phases,
         confinement: Option<crate::seccomp::Confinement>,
+        api: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Outcome, Error> {
+        crate::pause::install_kick_handler()?;
+        let gate = Arc::new(PauseGate::default());
         let signals = block_exit_signals().map_err(Error::EventFd)?;
         let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(Error::EventLoop)?;
@@ -280,6 +288,17 @@ impl Vmm {
         events.add_subscriber(Arc::new(Mutex::new(console)));
         for handler in self.virtio {
             events.add_subscriber(Arc::new(Mutex::new(handler)));
+        }
+        if let Some(listener) = api {
+            let vm = crate::api::Vm {
+                id: "anonymous-instance".into(),
+                vcpus: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
+                memory_mib: self.memory_mib,
+                gate: gate.clone(),
+                pause_within: Duration::from_secs(5) * crate::host_check::slowdown(),
+            };
+            let server = crate::api::server::ApiServer::new(listener, vm);
+            events.add_subscriber(Arc::new(Mutex::new(server)));
         }
 
         phases.vm_built = Some(Instant::now());
@@ -299,7 +318,7 @@ impl Vmm {
             crate::seccomp::apply(&c.filter)?;
         }
         for vcpu in self.vcpus {
-            vcpu.start(first_entry.clone())?;
+            vcpu.start(first_entry.clone(), gate.clone())?;
         }
         let outcome = loop {
             match events.run() {

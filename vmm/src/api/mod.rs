@@ -1,0 +1,246 @@
+//! The API socket (`--api-sock PATH`): the part of Firecracker's REST API that a running VM
+//! serves, on the same paths, with the same JSON bodies and status codes, so Firecracker's
+//! clients work: GET / (instance info), GET /machine-config, PATCH /vm (pause and resume).
+//! What only configures a VM before it starts is refused once it runs, as Firecracker refuses
+//! it. docs/api.yaml documents every path (a test checks it against [`route`]).
+
+pub mod http;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+
+use crate::pause::PauseGate;
+
+/// What the API reads and drives of a running VM.
+pub struct Vm {
+    pub id: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub gate: Arc<PauseGate>,
+    /// How long a pause may take before it is called off.
+    pub pause_within: Duration,
+}
+
+/// Every path and method the API serves (docs/api.yaml lists the same).
+pub const ROUTES: [(&str, &str); 3] = [("GET", "/"), ("GET", "/machine-config"), ("PATCH", "/vm")];
+
+/// The paths of Firecracker's API that configure or load a VM before it starts: refused once
+/// it runs, as Firecracker refuses them.
+const BEFORE_START: [&str; 9] = [
+    "/boot-source",
+    "/machine-config",
+    "/drives",
+    "/network-interfaces",
+    "/vsock",
+    "/entropy",
+    "/logger",
+    "/metrics",
+    "/snapshot/load",
+];
+
+/// The answer to one request.
+pub fn route(vm: &Vm, req: &Request) -> Response {
+    let path = req.path.split('?').next().unwrap_or_default();
+    match (req.method.as_str(), path) {
+        ("GET", "/") => Response::json(200, &instance_info(vm)),
+        ("GET", "/machine-config") => Response::json(
+            200,
+            &serde_json::json!({
+                "vcpu_count": vm.vcpus, "mem_size_mib": vm.memory_mib, "smt": false,
+                "track_dirty_pages": false,
+            }),
+        ),
+        ("PATCH", "/vm") => patch_vm(vm, &req.body),
+        ("PUT" | "PATCH", p)
+            if BEFORE_START
+                .iter()
+                .any(|b| p == *b || p.starts_with(&format!("{b}/"))) =>
+        {
+            Response::fault(
+                400,
+                "The requested operation is not supported after starting the microVM.",
+            )
+        }
+        (method, _) => Response::fault(
+            400,
+            format!("Invalid request method and/or path: {method} {path}."),
+        ),
+    }
+}
+
+fn instance_info(vm: &Vm) -> serde_json::Value {
+    let state = if vm.gate.is_paused() {
+        "Paused"
+    } else {
+        "Running"
+    };
+    serde_json::json!({
+        "app_name": "gureum", "id": vm.id, "state": state,
+        "vmm_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmState {
+    state: String,
+}
+
+fn patch_vm(vm: &Vm, body: &[u8]) -> Response {
+    let state = match serde_json::from_slice::<VmState>(body) {
+        Ok(s) => s.state,
+        Err(e) => {
+            return Response::fault(
+                400,
+                format!("An error occurred when deserializing the json body of a request: {e}."),
+            );
+        }
+    };
+    let done = match state.as_str() {
+        "Paused" => vm.gate.pause(vm.pause_within),
+        "Resumed" => vm.gate.resume(),
+        other => {
+            return Response::fault(
+                400,
+                format!("unknown state {other:?}: PATCH /vm takes \"Paused\" or \"Resumed\""),
+            );
+        }
+    };
+    match done {
+        Ok(()) => Response::no_content(),
+        Err(e) => Response::fault(
+            400,
+            format!("cannot set the VM {}: {e}", state.to_lowercase()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> Vm {
+        Vm {
+            id: "t".into(),
+            vcpus: 2,
+            memory_mib: 128,
+            gate: Arc::new(PauseGate::default()),
+            pause_within: Duration::from_millis(100),
+        }
+    }
+
+    fn req(method: &str, path: &str, body: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn fault(r: &Response) -> String {
+        let body: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        body["fault_message"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn instance_info_and_machine_config_read_the_vm() {
+        let vm = vm();
+        let r = route(&vm, &req("GET", "/", ""));
+        let body: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (r.status, &body["state"], &body["id"]),
+            (200, &"Running".into(), &"t".into())
+        );
+        let r = route(&vm, &req("GET", "/machine-config", ""));
+        let body: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (body["vcpu_count"].as_u64(), body["mem_size_mib"].as_u64()),
+            (Some(2), Some(128))
+        );
+    }
+
+    #[test]
+    fn wrong_paths_bodies_and_states_get_400_with_a_fault_message() {
+        let vm = vm();
+        for (method, path, body, says) in [
+            (
+                "GET",
+                "/nowhere",
+                "",
+                "Invalid request method and/or path: GET /nowhere.",
+            ),
+            (
+                "DELETE",
+                "/vm",
+                "",
+                "Invalid request method and/or path: DELETE /vm.",
+            ),
+            ("PUT", "/boot-source", "{}", "not supported after starting"),
+            (
+                "PUT",
+                "/drives/rootfs",
+                "{}",
+                "not supported after starting",
+            ),
+            ("PATCH", "/vm", "{\"state\":", "deserializing the json body"),
+            (
+                "PATCH",
+                "/vm",
+                "{\"state\":\"Paused\",\"x\":1}",
+                "unknown field",
+            ),
+            (
+                "PATCH",
+                "/vm",
+                "{\"state\":\"Asleep\"}",
+                "unknown state \"Asleep\"",
+            ),
+        ] {
+            let r = route(&vm, &req(method, path, body));
+            assert_eq!(r.status, 400, "{method} {path}");
+            assert!(fault(&r).contains(says), "{method} {path}: {}", fault(&r));
+        }
+        // No vCPU runs here: the guest has stopped, so there is nothing to pause.
+        let r = route(&vm, &req("PATCH", "/vm", "{\"state\":\"Paused\"}"));
+        assert_eq!(
+            (r.status, fault(&r)),
+            (
+                400,
+                "cannot set the VM paused: the guest has stopped".into()
+            )
+        );
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_every_path_there_is_routed() {
+        let doc = include_str!("../../../docs/api.yaml");
+        let vm = vm();
+        for (method, path) in ROUTES {
+            let entry = format!("\n  {path}:\n");
+            let at = doc
+                .find(&entry)
+                .unwrap_or_else(|| panic!("{path} is not in docs/api.yaml"));
+            let block = &doc[at + entry.len()..];
+            let end = block.find("\n  /").unwrap_or(block.len());
+            assert!(
+                block[..end].contains(&format!("    {}:", method.to_lowercase())),
+                "{method} {path}"
+            );
+        }
+        for line in doc.lines().filter(|l| l.starts_with("  /")) {
+            let path = line.trim().trim_end_matches(':');
+            assert!(
+                ROUTES.iter().any(|(_, p)| *p == path),
+                "docs/api.yaml has {path}, which is not routed"
+            );
+            let r = route(&vm, &req("GET", path, ""));
+            assert!(
+                r.status != 400 || ROUTES.iter().any(|(m, p)| *p == path && *m != "GET"),
+                "{path}"
+            );
+        }
+    }
+}
