@@ -65,7 +65,7 @@ impl Command {
     }
 }
 
-/// `gureum boot ...` alone. Building the whole command tree touches clap's code for every
+/// `gureum boot ...` (and `restore`) alone. Building the whole command tree touches clap's code for every
 /// subcommand and flag (about 1 MiB of resident pages); a VMM started with `boot` first is
 /// parsed with this much smaller tree. Same flags, same errors.
 #[derive(Debug, Parser)]
@@ -79,15 +79,36 @@ pub struct BootCli {
 pub enum BootOnly {
     /// Boot a guest kernel; its serial console is this terminal.
     Boot(BootArgs),
+    /// Run a VM from a snapshot; its serial console is this terminal.
+    Restore(RestoreArgs),
+}
+
+impl BootOnly {
+    /// Whether this process's command line is one of these (`boot`, `restore`).
+    pub fn is_vmm_command() -> bool {
+        std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == "boot" || a == "restore")
+    }
+
+    pub fn request(&self) -> BootRequest {
+        match self {
+            Self::Boot(args) => args.request(),
+            Self::Restore(args) => args.request(),
+        }
+    }
 }
 
 impl Cli {
     /// Parses the command line, through [`BootCli`] when it starts with `boot`.
     pub fn parse_fast() -> Self {
-        if std::env::args_os().nth(1).is_some_and(|a| a == "boot") {
-            let BootOnly::Boot(args) = BootCli::parse().command;
+        if BootOnly::is_vmm_command() {
+            let command = match BootCli::parse().command {
+                BootOnly::Boot(args) => Command::Boot(args),
+                BootOnly::Restore(args) => Command::Restore(args),
+            };
             return Self {
-                command: Command::Boot(args),
+                command,
                 root: PathBuf::from(DEFAULT_ROOT),
                 isolation: None,
                 log: None,
@@ -122,6 +143,10 @@ pub enum Command {
     /// stdin). Exits 0 when the guest powers off or resets, 3 if it crashes, 124 on --timeout,
     /// 128+N on signal N, 1 on an error (one line on stderr).
     Boot(BootArgs),
+    /// Run a VM from a snapshot (PUT /snapshot/create on a VM's --api-sock made it), in this
+    /// process: it goes on exactly where it was paused, its console on this terminal. Exit
+    /// codes as `boot`'s.
+    Restore(RestoreArgs),
     /// Say what this host's KVM is (hardware or PVM), what gureum uses, and how fast guests run.
     HostCheck {
         /// Print the report as JSON.
@@ -338,6 +363,42 @@ pub struct BootArgs {
     pub api_sock: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The snapshot's state file (snapshot_path).
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: PathBuf,
+    /// The snapshot's guest memory file (mem_file_path), mapped privately: read as the guest
+    /// touches it, never written.
+    #[arg(long, value_name = "PATH")]
+    pub mem: PathBuf,
+    /// Serve Firecracker's API for the restored VM on this Unix socket (as `boot --api-sock`).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Stop the guest after this many seconds and exit 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Print the phases (as `boot --phases`) on stderr at exit.
+    #[arg(long)]
+    pub phases: bool,
+    /// Run without the VMM's seccomp filter (for debugging).
+    #[arg(long)]
+    pub no_seccomp: bool,
+}
+
+impl RestoreArgs {
+    pub fn request(&self) -> BootRequest {
+        BootRequest {
+            timeout: self.timeout,
+            phases: self.phases,
+            no_seccomp: self.no_seccomp,
+            api_sock: self.api_sock.clone(),
+            restore: Some((self.snapshot.clone(), self.mem.clone())),
+            ..BootRequest::default()
+        }
+    }
+}
+
 impl BootArgs {
     /// The plain request the VMM core takes: the config file, the flags that override it, and
     /// how to run the VM.
@@ -361,6 +422,7 @@ impl BootArgs {
             allow_pvm_linux: self.allow_pvm_linux,
             no_seccomp: self.no_seccomp,
             api_sock: self.api_sock.clone(),
+            restore: None,
         }
     }
 }

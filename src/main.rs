@@ -37,7 +37,7 @@ enum Error {
 fn main() {
     let start = Instant::now();
     // A VM's process is the lean gureum-vmm where it is installed: it maps less code.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "boot")
+    if cli::BootOnly::is_vmm_command()
         && let Some(vmm) = boot::vmm_exe()
     {
         use std::os::unix::process::CommandExt;
@@ -228,6 +228,7 @@ fn exec(g: &container::Global, args: cli::ExecArgs) -> Result<i32, Error> {
 fn machine(command: Command, start: Instant) -> Result<i32, Error> {
     match command {
         Command::Boot(args) => Ok(boot::boot(&args.request(), start)?),
+        Command::Restore(args) => Ok(boot::boot(&args.request(), start)?),
         Command::HostCheck { json } => {
             let report = host_check::check()?;
             if json {

@@ -5,108 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{GUREUM, scaled, scratch, test_guest};
-
-/// gureum, killed if the test fails before it ends.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-    sock: PathBuf,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Vm {
-    fn start(dir: &Path) -> Self {
-        let sock = dir.join("api.sock");
-        let console = dir.join("console.txt");
-        let child = Command::new(GUREUM)
-            .args(["boot", "--kernel", test_guest().to_str().unwrap()])
-            .args(["--cmdline", "console=ttyS0 scenario=count every=67108864"])
-            .args(["--timeout", "300", "--api-sock", sock.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&console).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            console,
-            sock,
-        }
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    /// The numbers the guest has printed, in order.
-    fn counts(&self) -> Vec<u64> {
-        let text = self.console();
-        // Only whole lines: the last may be half written.
-        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        (whole.lines())
-            .filter_map(|l| l.strip_prefix("count: ")?.parse().ok())
-            .collect()
-    }
-
-    fn wait_for_count(&self, at_least: u64) -> Vec<u64> {
-        let deadline = Instant::now() + scaled(Duration::from_secs(20));
-        loop {
-            let counts = self.counts();
-            if counts.last().is_some_and(|&n| n >= at_least) {
-                return counts;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the guest did not count to {at_least}:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// curl's answer: the status code and the body.
-    fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-S", "--max-time", "60", "-w", "\n%{http_code}"])
-            .arg("--unix-socket")
-            .arg(&self.sock)
-            .args(["-X", method, &format!("http://localhost{path}")]);
-        if let Some(body) = body {
-            cmd.args(["-H", "Content-Type: application/json", "-d", body]);
-        }
-        let out = cmd.output().expect("curl (scripts/setup.sh installs it)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let code = code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "curl {method} {path}: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (code, body.to_string())
-    }
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"))
-}
+use common::api::{Vm, json};
+use common::{GUREUM, scratch, test_guest};
 
 #[test]
 fn a_paused_guest_stops_counting_and_a_resumed_one_goes_on_from_the_same_number() {
     require_kvm!();
     let dir = scratch("api");
-    let vm = Vm::start(&dir);
+    let vm = Vm::start(&dir, &[]);
     vm.wait_for_count(3);
     let (code, body) = vm.curl("GET", "/", None);
     assert_eq!(
@@ -153,7 +62,7 @@ fn a_paused_guest_stops_counting_and_a_resumed_one_goes_on_from_the_same_number(
 fn wrong_requests_get_400_and_a_fault_message_and_the_vm_runs_on() {
     require_kvm!();
     let dir = scratch("api-bad");
-    let vm = Vm::start(&dir);
+    let vm = Vm::start(&dir, &[]);
     vm.wait_for_count(1);
     for (method, path, body, says) in [
         (
@@ -207,7 +116,7 @@ fn wrong_requests_get_400_and_a_fault_message_and_the_vm_runs_on() {
 fn the_socket_is_one_vm_s_and_goes_with_it() {
     require_kvm!();
     let dir = scratch("api-sock");
-    let mut vm = Vm::start(&dir);
+    let mut vm = Vm::start(&dir, &[]);
     vm.wait_for_count(1);
     // A second VM on the same socket is refused in one line, before it boots.
     let out = common::output_of(
@@ -234,7 +143,7 @@ fn the_socket_is_one_vm_s_and_goes_with_it() {
     // A socket file left by a VMM that is gone (SIGKILL) is taken over.
     let listener = std::os::unix::net::UnixListener::bind(&vm.sock).unwrap();
     drop(listener);
-    let again = Vm::start(&dir);
+    let again = Vm::start(&dir, &[]);
     again.wait_for_count(1);
     assert_eq!(again.curl("GET", "/", None).0, 200);
 }

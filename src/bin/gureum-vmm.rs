@@ -1,4 +1,4 @@
-//! `gureum-vmm boot ...`: the VMM alone — the same flags and exit codes as `gureum boot`, in an
+//! `gureum-vmm boot ...` and `gureum-vmm restore ...`: the VMM alone — the same flags and exit codes as `gureum boot`, in an
 //! executable without the container runtime and the benchmarks, so a VM's process maps less
 //! code. `gureum boot` runs it when it is installed beside `gureum`.
 
@@ -8,8 +8,8 @@ use clap::Parser;
 
 fn main() {
     let start = Instant::now();
-    let gureum::cli::BootOnly::Boot(args) = gureum::cli::BootCli::parse().command;
-    let code = match gureum_vmm::boot::boot(&args.request(), start) {
+    let command = gureum::cli::BootCli::parse().command;
+    let code = match gureum_vmm::boot::boot(&command.request(), start) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gureum: {}", gureum_vmm::boot::chain(&e));

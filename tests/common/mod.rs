@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod bundle;
 pub mod engine;
 pub mod oci;

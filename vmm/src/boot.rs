@@ -25,6 +25,8 @@ pub enum Error {
     SocketDir(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Api(#[from] crate::api::server::Error),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -55,6 +57,8 @@ pub struct BootRequest {
     pub no_seccomp: bool,
     /// Serve Firecracker's API for the running VM on this Unix socket.
     pub api_sock: Option<PathBuf>,
+    /// Run the VM of a snapshot (its state file, its memory file) instead of booting one.
+    pub restore: Option<(PathBuf, PathBuf)>,
 }
 
 /// One line: the error and each cause after it (skipping causes whose text some crates already
@@ -169,17 +173,7 @@ pub fn resolve_config(args: &BootRequest) -> Result<VmConfig, Error> {
     Ok(file.overridden_by(flags).into_config()?)
 }
 
-pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
-    let config = resolve_config(args)?;
-    let timeout = args
-        .timeout
-        .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or(Error::Timeout(s))
-        })
-        .transpose()?;
+fn refuse_linux_on_pvm(args: &BootRequest, config: &VmConfig) -> Result<(), Error> {
     let (_, is_linux) = loader::identify(&config.kernel)?;
     if is_linux && host_check::kvm_kind().0 == KvmKind::Pvm {
         if !args.allow_pvm_linux {
@@ -189,21 +183,47 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
             "gureum: warning: PVM host: this Linux guest's kernel runs emulated and its userspace cannot run"
         );
     }
+    Ok(())
+}
+
+pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
+    let timeout = args
+        .timeout
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(Error::Timeout(s))
+        })
+        .transpose()?;
     let mut phases = phases::Phases::new(start, args.phases);
-    // The API socket first: a path that cannot be served fails before the VM is built.
-    let api = match &args.api_sock {
-        Some(path) => Some((crate::api::server::bind(path)?, SocketFile::of(path)?)),
-        None => None,
+    let vmm = match &args.restore {
+        Some((snapshot, mem)) => vmm::Vmm::restore(snapshot, mem)?,
+        None => {
+            let config = resolve_config(args)?;
+            refuse_linux_on_pvm(args, &config)?;
+            vmm::Vmm::try_from(&config)?
+        }
     };
-    let vmm = vmm::Vmm::try_from(&config)?;
     // The VM made the vsock socket; gureum removes it at exit through its directory, the one
     // the filter lets it unlink in.
-    let socket = (config.vsock.as_ref()).map(|v| {
+    let socket = (vmm.config.vsock.as_ref()).map(|v| {
         SocketFile::of(&v.uds).inspect_err(|_| {
             let _ = std::fs::remove_file(&v.uds);
         })
     });
     let socket = socket.transpose()?;
+    let api = args.api_sock.as_deref().map(|path| {
+        let file = SocketFile::of(path)?;
+        Ok::<_, Error>((crate::api::server::bind(path)?, file))
+    });
+    let api = match api.transpose() {
+        Ok(api) => api,
+        Err(e) => {
+            socket.into_iter().for_each(SocketFile::remove);
+            return Err(e);
+        }
+    };
     let (listener, api_file) = api.unzip();
     let outcome = confine(args, socket.as_ref(), api_file.as_ref()).and_then(|confinement| {
         let raw_terminal = term::RawTerminal::enable(0);

@@ -55,7 +55,7 @@ impl std::fmt::Display for Outcome {
             Self::Timeout(d) => write!(
                 f,
                 "guest still running after --timeout {}s; stopped it",
-                d.as_secs()
+                d.as_secs_f64()
             ),
             Self::Signal(n) => write!(f, "stopped by signal {n}"),
         }

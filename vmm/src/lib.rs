@@ -14,6 +14,7 @@ pub mod loader;
 pub mod pause;
 pub mod phases;
 pub mod seccomp;
+pub mod snapshot;
 pub mod term;
 pub mod vcpu;
 pub mod virtio_devices;

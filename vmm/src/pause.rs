@@ -30,8 +30,10 @@ pub enum Error {
     Handler,
     #[error("the guest has stopped")]
     Stopped,
-    #[error("the vCPUs did not stop within {0:?}")]
+    #[error("the vCPUs did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the VM is not paused")]
+    NotPaused,
 }
 
 extern "C" fn on_kick(_: libc::c_int) {
@@ -75,6 +77,10 @@ struct State {
     running: usize,
     /// Thread handles, to kick.
     threads: Vec<libc::pthread_t>,
+    /// Work for the parked threads (a snapshot's state): asked for by bumping `work`; each
+    /// parked thread does it once and counts itself in `done`.
+    work: u64,
+    done: usize,
 }
 
 /// Shared by the vCPU threads and whoever pauses them (the API).
@@ -104,18 +110,52 @@ impl PauseGate {
         self.changed.notify_all();
     }
 
-    /// On a vCPU thread after KVM_RUN returned EINTR: parks while a pause is asked for.
-    pub fn park_if_requested(&self) {
+    /// On a vCPU thread after KVM_RUN returned EINTR: parks while a pause is asked for, and
+    /// runs `work` each time [`Self::on_every_parked`] asks for it meanwhile.
+    pub fn park_if_requested(&self, mut work: impl FnMut()) {
         let mut s = lock(&self.state);
         if !s.requested {
             return;
         }
         s.parked += 1;
         self.changed.notify_all();
+        let mut seen = s.work;
         while s.requested {
+            if s.work != seen {
+                seen = s.work;
+                drop(s);
+                work();
+                s = lock(&self.state);
+                s.done += 1;
+                self.changed.notify_all();
+                continue;
+            }
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.parked -= 1;
+    }
+
+    /// Has every parked vCPU thread run its `work` once; the VM must be paused.
+    pub fn on_every_parked(&self, within: Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + within;
+        let mut s = lock(&self.state);
+        if !s.requested || s.parked != s.running {
+            return Err(Error::NotPaused);
+        }
+        s.work += 1;
+        s.done = 0;
+        self.changed.notify_all();
+        while s.done < s.parked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(within));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .map_or_else(|e| e.into_inner().0, |(s, _)| s);
+        }
+        Ok(())
     }
 
     pub fn is_paused(&self) -> bool {
@@ -189,7 +229,9 @@ mod tests {
                 while !*lock(&stop) {
                     count.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(1));
-                    gate.park_if_requested();
+                    gate.park_if_requested(|| {
+                        count.fetch_add(1000, Ordering::SeqCst);
+                    });
                 }
                 gate.unregister();
             });
@@ -208,9 +250,16 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(count.load(Ordering::SeqCst), held);
         gate.pause(Duration::from_secs(5)).unwrap();
+        // Work while parked: each of the 3 threads does it once.
+        gate.on_every_parked(Duration::from_secs(5)).unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), held + 3000);
         gate.resume().unwrap();
+        assert_eq!(
+            gate.on_every_parked(Duration::from_secs(1)),
+            Err(Error::NotPaused)
+        );
         std::thread::sleep(Duration::from_millis(50));
-        assert!(count.load(Ordering::SeqCst) > held);
+        assert!(count.load(Ordering::SeqCst) > held + 3000);
         *lock(&stop) = true;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while lock(&gate.state).running > 0 {

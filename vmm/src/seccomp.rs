@@ -151,6 +151,15 @@ pub fn filter(vsock_dir: Option<i32>, api_dir: Option<i32>) -> Result<BpfProgram
         rules.insert(libc::SYS_socket, vec![socket]);
         rules.insert(libc::SYS_connect, Vec::new());
     }
+    if api_dir.is_some() {
+        // A snapshot's two files, made as File::create makes them (PUT /snapshot/create):
+        // write-only, created or truncated, nothing else (no reading of host files).
+        let create = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        let create = u64::from(create.cast_unsigned());
+        let open = rule(vec![condition(2, SeccompCmpOp::Eq, create)?])?;
+        rules.insert(libc::SYS_openat, vec![open]);
+        rules.insert(libc::SYS_ftruncate, Vec::new());
+    }
     let unlink = (vsock_dir.into_iter().chain(api_dir))
         .map(|fd| {
             rule(vec![condition(

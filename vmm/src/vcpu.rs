@@ -2,7 +2,7 @@
 //! buses; how the guest ended is reported once, through [`GuestExit`].
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gureum_devices::{Bus, bus::lock};
 use kvm_bindings::{
@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::state::{self, VcpuState};
 use crate::arch::x86_64::{cpuid, regs};
 use crate::pause::{self, PauseGate};
 
@@ -25,6 +26,8 @@ pub enum Error {
     Setup(u8, #[source] regs::Error),
     #[error("cannot start the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
+    #[error("cannot restore vCPU {0}")]
+    Restore(u8, #[source] state::Error),
 }
 
 /// How the guest ended, as seen by a vCPU.
@@ -65,6 +68,54 @@ impl ExitSlot {
     }
 }
 
+/// What the VMM asks of its running vCPU threads: pause (the gate), and, while paused, each
+/// thread's KVM state for a snapshot (only the thread that owns a vCPU's fd reads it).
+pub struct VcpuControl {
+    pub gate: PauseGate,
+    msr_indices: Vec<u32>,
+    saved: Mutex<Vec<Option<Result<VcpuState, String>>>>,
+}
+
+impl VcpuControl {
+    pub fn new(vcpus: usize, msr_indices: Vec<u32>) -> Self {
+        Self {
+            gate: PauseGate::default(),
+            msr_indices,
+            saved: Mutex::new((0..vcpus).map(|_| None).collect()),
+        }
+    }
+
+    /// The state of every vCPU, in order; the VM must be paused.
+    pub fn save_all(&self, within: Duration) -> Result<Vec<VcpuState>, SaveError> {
+        lock(&self.saved).iter_mut().for_each(|s| *s = None);
+        self.gate.on_every_parked(within)?;
+        let saved = std::mem::take(&mut *lock(&self.saved));
+        *lock(&self.saved) = saved.iter().map(|_| None).collect();
+        (saved.into_iter().enumerate())
+            .map(|(id, s)| match s {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(why)) => Err(SaveError::Vcpu(id, why)),
+                None => Err(SaveError::Vcpu(id, "its thread has ended".into())),
+            })
+            .collect()
+    }
+
+    fn save(&self, id: u8, fd: &VcpuFd) {
+        let state = state::save_vcpu(fd, &self.msr_indices).map_err(|e| crate::boot::chain(&e));
+        if let Some(slot) = lock(&self.saved).get_mut(usize::from(id)) {
+            *slot = Some(state);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error(transparent)]
+    Pause(#[from] pause::Error),
+    #[error("vCPU {0}: {1}")]
+    Vcpu(usize, String),
+}
+
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
@@ -86,17 +137,31 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: Arc<ExitSlot>,
     ) -> Result<Self, Error> {
+        let vcpu = Self::create(vm, supported_cpuid, id, count, pio, mmio, exit)?;
+        let setup = |e| Error::Setup(id, e);
+        regs::setup_msrs(&vcpu.fd).map_err(setup)?;
+        regs::setup_regs(&vcpu.fd, entry).map_err(setup)?;
+        regs::setup_fpu(&vcpu.fd).map_err(setup)?;
+        regs::setup_sregs(&vcpu.fd).map_err(setup)?;
+        regs::setup_lint(&vcpu.fd).map_err(setup)?;
+        Ok(vcpu)
+    }
+
+    /// Create vCPU `id` of `count` with its CPUID and nothing else: a restore sets the rest.
+    pub fn create(
+        vm: &VmFd,
+        supported_cpuid: &CpuId,
+        id: u8,
+        count: u8,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSlot>,
+    ) -> Result<Self, Error> {
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|e| Error::Create(id, e))?;
         fd.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, count))
             .map_err(|e| Error::Cpuid(id, e))?;
-        let setup = |e| Error::Setup(id, e);
-        regs::setup_msrs(&fd).map_err(setup)?;
-        regs::setup_regs(&fd, entry).map_err(setup)?;
-        regs::setup_fpu(&fd).map_err(setup)?;
-        regs::setup_sregs(&fd).map_err(setup)?;
-        regs::setup_lint(&fd).map_err(setup)?;
         Ok(Self {
             id,
             fd,
@@ -106,31 +171,36 @@ impl Vcpu {
         })
     }
 
+    /// Puts a snapshot's state into this (just created) vCPU.
+    pub fn restore(&self, state: &VcpuState) -> Result<(), Error> {
+        state::restore_vcpu(&self.fd, state).map_err(|e| Error::Restore(self.id, e))
+    }
+
     /// Run on a thread of its own until the guest stops or crashes, parking whenever `gate`
     /// asks for a pause.
     pub fn start(
         mut self,
         first_entry: Arc<OnceLock<Instant>>,
-        gate: Arc<PauseGate>,
+        control: Arc<VcpuControl>,
     ) -> Result<(), Error> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || {
                 pause::enter(self.fd.get_kvm_run());
-                gate.register();
+                control.gate.register();
                 if self.id == 0 {
                     first_entry.get_or_init(Instant::now);
                 }
-                let exit = self.run(&gate);
-                gate.unregister();
+                let exit = self.run(&control);
+                control.gate.unregister();
                 self.exit.report(exit);
             })
             .map(drop)
             .map_err(|e| Error::Spawn(id, e))
     }
 
-    fn run(&mut self, gate: &PauseGate) -> GuestExit {
+    fn run(&mut self, control: &VcpuControl) -> GuestExit {
         loop {
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -174,7 +244,9 @@ impl Vcpu {
                     // A kick (pause::on_kick) set immediate_exit: clear it, and park if a
                     // pause is what it was for.
                     self.fd.set_kvm_immediate_exit(0);
-                    gate.park_if_requested();
+                    control
+                        .gate
+                        .park_if_requested(|| control.save(self.id, &self.fd));
                     continue;
                 }
                 Err(e) => GuestExit::Crashed(format!("KVM_RUN failed on vCPU {}: {e}", self.id)),

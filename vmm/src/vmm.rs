@@ -21,9 +21,8 @@ use crate::arch::x86_64::{layout::*, mptable, regs, zero_page};
 use crate::config::VmConfig;
 use crate::event_loop::{ConsoleInput, ExitWatcher, Outcome, block_exit_signals};
 use crate::loader;
-use crate::pause::PauseGate;
 use crate::phases::Phases;
-use crate::vcpu::{self, ExitSlot, Vcpu};
+use crate::vcpu::{self, ExitSlot, Vcpu, VcpuControl};
 use crate::virtio_devices;
 use gureum_devices::virtio::VirtioHandler;
 
@@ -63,31 +62,35 @@ pub enum Error {
     Seccomp(#[from] crate::seccomp::Error),
     #[error(transparent)]
     Pause(#[from] crate::pause::Error),
+    #[error(transparent)]
+    State(#[from] crate::arch::x86_64::state::Error),
+    #[error(transparent)]
+    Snapshot(#[from] Box<crate::snapshot::Error>),
 }
 
 type ConsoleOut = File;
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    _kvm: Kvm,
-    _vm: VmFd,
-    memory: GuestMemoryMmap,
-    memory_mib: u64,
-    vcpus: Vec<Vcpu>,
-    serial: Arc<Mutex<Serial<ConsoleOut>>>,
-    serial_ready: EventFd,
-    i8042_reset: EventFd,
-    exit: Arc<ExitSlot>,
-    boot_timer: BootTimer,
-    virtio: Vec<VirtioHandler>,
-    vsock: Option<Arc<Mutex<gureum_devices::virtio::vsock::Vsock>>>,
+    pub(crate) kvm: Kvm,
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) config: VmConfig,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    pub(crate) serial_ready: EventFd,
+    pub(crate) i8042_reset: EventFd,
+    pub(crate) exit: Arc<ExitSlot>,
+    pub(crate) boot_timer: BootTimer,
+    pub(crate) virtio: Vec<VirtioHandler>,
+    pub(crate) vsock: Option<Arc<Mutex<gureum_devices::virtio::vsock::Vsock>>>,
 }
 
-struct LegacyDevices {
-    serial: Arc<Mutex<Serial<ConsoleOut>>>,
-    serial_ready: EventFd,
-    i8042_reset: EventFd,
-    boot_timer: BootTimer,
+pub(crate) struct LegacyDevices {
+    pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    pub serial_ready: EventFd,
+    pub i8042_reset: EventFd,
+    pub boot_timer: BootTimer,
 }
 
 impl TryFrom<&VmConfig> for Vmm {
@@ -121,12 +124,10 @@ impl TryFrom<&VmConfig> for Vmm {
         mptable::setup(&memory, cfg.vcpus)?;
 
         let mut pio = Bus::new();
-        let legacy = attach_legacy_devices(&vm, &mut pio)?;
+        let legacy = attach_legacy_devices(&vm, &mut pio, None)?;
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let exit = Arc::new(ExitSlot::new(eventfd()?));
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| Error::Kvm("read the supported CPUID", e))?;
+        let cpuid = supported_cpuid(&kvm)?;
         let vcpus = (0..cfg.vcpus)
             .map(|id| {
                 let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
@@ -135,10 +136,10 @@ impl TryFrom<&VmConfig> for Vmm {
             .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Vmm {
-            _kvm: kvm,
-            _vm: vm,
+            kvm,
+            vm: Arc::new(vm),
+            config: cfg.clone(),
             memory,
-            memory_mib: cfg.memory_mib,
             vcpus,
             serial: legacy.serial,
             serial_ready: legacy.serial_ready,
@@ -151,7 +152,12 @@ impl TryFrom<&VmConfig> for Vmm {
     }
 }
 
-fn check_host(kvm: &Kvm, vcpus: u8) -> Result<(), Error> {
+pub(crate) fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, Error> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("read the supported CPUID", e))
+}
+
+pub(crate) fn check_host(kvm: &Kvm, vcpus: u8) -> Result<(), Error> {
     let caps = [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Pit2, "in-kernel PIT"),
@@ -169,7 +175,7 @@ fn check_host(kvm: &Kvm, vcpus: u8) -> Result<(), Error> {
     Ok(())
 }
 
-fn eventfd() -> Result<EventFd, Error> {
+pub(crate) fn eventfd() -> Result<EventFd, Error> {
     EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
 }
 
@@ -196,7 +202,7 @@ fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, Error> {
     Ok(memory)
 }
 
-fn register_guest_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), Error> {
+pub(crate) fn register_guest_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), Error> {
     for (slot, region) in (0u32..).zip(memory.iter()) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -216,7 +222,7 @@ fn register_guest_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), Erro
     Ok(())
 }
 
-fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
+pub(crate) fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| Error::Kvm("set the TSS address", e))?;
     vm.create_irq_chip()
@@ -229,8 +235,13 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
         .map_err(|e| Error::Kvm("create the in-kernel PIT", e))
 }
 
-/// 8250 serial on IRQ 4 (console), the i8042 (reset) and the boot-timer port.
-fn attach_legacy_devices(vm: &VmFd, pio: &mut Bus) -> Result<LegacyDevices, Error> {
+/// 8250 serial on IRQ 4 (console), the i8042 (reset) and the boot-timer port; the serial in
+/// the state `serial` recorded, if given (a restore).
+pub(crate) fn attach_legacy_devices(
+    vm: &VmFd,
+    pio: &mut Bus,
+    serial: Option<&gureum_devices::legacy::SerialSnapshot>,
+) -> Result<LegacyDevices, Error> {
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(|e| Error::Kvm("register the serial IRQ", e))?;
@@ -240,11 +251,16 @@ fn attach_legacy_devices(vm: &VmFd, pio: &mut Bus) -> Result<LegacyDevices, Erro
         .as_fd()
         .try_clone_to_owned()
         .map_err(Error::Console)?;
-    let serial = Arc::new(Mutex::new(Serial::new(
+    let (irq, input, out) = (
         EventFdTrigger(serial_irq),
         SerialInput::new(ready_for_device),
         File::from(stdout),
-    )));
+    );
+    let serial = match serial {
+        Some(state) => Serial::restored(state, irq, input, out).map_err(Error::Console)?,
+        None => Serial::new(irq, input, out),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     pio.insert(SERIAL_PORT, SERIAL_PORT_LEN, serial.clone())?;
 
     let i8042_reset = eventfd()?;
@@ -276,7 +292,8 @@ impl Vmm {
         api: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Outcome, Error> {
         crate::pause::install_kick_handler()?;
-        let gate = Arc::new(PauseGate::default());
+        let msrs = crate::arch::x86_64::state::msr_indices(&self.kvm)?;
+        let control = Arc::new(VcpuControl::new(self.vcpus.len(), msrs));
         let signals = block_exit_signals().map_err(Error::EventFd)?;
         let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(Error::EventLoop)?;
@@ -290,12 +307,22 @@ impl Vmm {
             events.add_subscriber(Arc::new(Mutex::new(handler)));
         }
         if let Some(listener) = api {
+            let within = Duration::from_secs(5) * crate::host_check::slowdown();
             let vm = crate::api::Vm {
                 id: "anonymous-instance".into(),
-                vcpus: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
-                memory_mib: self.memory_mib,
-                gate: gate.clone(),
-                pause_within: Duration::from_secs(5) * crate::host_check::slowdown(),
+                vcpus: self.config.vcpus,
+                memory_mib: self.config.memory_mib,
+                control: control.clone(),
+                pause_within: within,
+                snapshots: Some(crate::snapshot::Snapshotter {
+                    control: control.clone(),
+                    vm: self.vm.clone(),
+                    memory: self.memory.clone(),
+                    serial: self.serial.clone(),
+                    config: self.config.clone(),
+                    cpuid_digest: crate::snapshot::cpuid_digest(&self.kvm, self.config.vcpus)?,
+                    within,
+                }),
             };
             let server = crate::api::server::ApiServer::new(listener, vm);
             events.add_subscriber(Arc::new(Mutex::new(server)));
@@ -318,7 +345,7 @@ impl Vmm {
             crate::seccomp::apply(&c.filter)?;
         }
         for vcpu in self.vcpus {
-            vcpu.start(first_entry.clone(), gate.clone())?;
+            vcpu.start(first_entry.clone(), control.clone())?;
         }
         let outcome = loop {
             match events.run() {

@@ -6,7 +6,7 @@ mod serial;
 
 pub use boot_timer::{BootTimer, BootTimerEvent};
 pub use i8042::I8042;
-pub use serial::{Serial, SerialInput};
+pub use serial::{Serial, SerialInput, SerialSnapshot};
 
 use vmm_sys_util::eventfd::EventFd;
 

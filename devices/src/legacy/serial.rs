@@ -32,9 +32,70 @@ impl SerialEvents for SerialInput {
 /// A 16550A UART (vm-superio) behind the bus; 8 ports, IRQ through `interrupt`.
 pub struct Serial<W: Write + Send>(vm_superio::Serial<EventFdTrigger, SerialInput, W>);
 
+/// The UART's registers and receive FIFO, for a snapshot (vm-superio's `SerialState`, as
+/// serde data).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl<W: Write + Send> Serial<W> {
     pub fn new(interrupt: EventFdTrigger, input: SerialInput, out: W) -> Self {
         Self(vm_superio::Serial::with_events(interrupt, input, out))
+    }
+
+    /// A UART in the state `snapshot` recorded (its pending interrupts raised again); an
+    /// error if the snapshot's FIFO is larger than a UART's.
+    pub fn restored(
+        snapshot: &SerialSnapshot,
+        interrupt: EventFdTrigger,
+        input: SerialInput,
+        out: W,
+    ) -> std::io::Result<Self> {
+        let s = snapshot.clone();
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        };
+        vm_superio::Serial::from_state(&state, interrupt, input, out)
+            .map(Self)
+            .map_err(|e| match e {
+                vm_superio::serial::Error::Trigger(e) | vm_superio::serial::Error::IOError(e) => e,
+                vm_superio::serial::Error::FullFifo => std::io::ErrorKind::InvalidData.into(),
+            })
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.0.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// Room left in the receive FIFO.

@@ -12,20 +12,28 @@ use std::time::Duration;
 
 use http::{Request, Response};
 
-use crate::pause::PauseGate;
+use crate::snapshot::Snapshotter;
+use crate::vcpu::VcpuControl;
 
 /// What the API reads and drives of a running VM.
 pub struct Vm {
     pub id: String,
     pub vcpus: u8,
     pub memory_mib: u64,
-    pub gate: Arc<PauseGate>,
+    pub control: Arc<VcpuControl>,
     /// How long a pause may take before it is called off.
     pub pause_within: Duration,
+    /// What takes a snapshot of it (none: snapshots are refused).
+    pub snapshots: Option<Snapshotter>,
 }
 
 /// Every path and method the API serves (docs/api.yaml lists the same).
-pub const ROUTES: [(&str, &str); 3] = [("GET", "/"), ("GET", "/machine-config"), ("PATCH", "/vm")];
+pub const ROUTES: [(&str, &str); 4] = [
+    ("GET", "/"),
+    ("GET", "/machine-config"),
+    ("PATCH", "/vm"),
+    ("PUT", "/snapshot/create"),
+];
 
 /// The paths of Firecracker's API that configure or load a VM before it starts: refused once
 /// it runs, as Firecracker refuses them.
@@ -54,6 +62,7 @@ pub fn route(vm: &Vm, req: &Request) -> Response {
             }),
         ),
         ("PATCH", "/vm") => patch_vm(vm, &req.body),
+        ("PUT", "/snapshot/create") => create_snapshot(vm, &req.body),
         ("PUT" | "PATCH", p)
             if BEFORE_START
                 .iter()
@@ -72,7 +81,7 @@ pub fn route(vm: &Vm, req: &Request) -> Response {
 }
 
 fn instance_info(vm: &Vm) -> serde_json::Value {
-    let state = if vm.gate.is_paused() {
+    let state = if vm.control.gate.is_paused() {
         "Paused"
     } else {
         "Running"
@@ -81,6 +90,53 @@ fn instance_info(vm: &Vm) -> serde_json::Value {
         "app_name": "gureum", "id": vm.id, "state": state,
         "vmm_version": env!("CARGO_PKG_VERSION"),
     })
+}
+
+/// Firecracker's SnapshotCreateParams.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotCreate {
+    snapshot_path: std::path::PathBuf,
+    mem_file_path: std::path::PathBuf,
+    #[serde(default)]
+    snapshot_type: Option<String>,
+    /// Firecracker's snapshot format version: accepted and ignored (gureum writes its own).
+    #[serde(default)]
+    #[allow(dead_code)]
+    version: Option<String>,
+}
+
+fn deserialize_error(e: serde_json::Error) -> Response {
+    Response::fault(
+        400,
+        format!("An error occurred when deserializing the json body of a request: {e}."),
+    )
+}
+
+fn create_snapshot(vm: &Vm, body: &[u8]) -> Response {
+    let params = match serde_json::from_slice::<SnapshotCreate>(body) {
+        Ok(p) => p,
+        Err(e) => return deserialize_error(e),
+    };
+    if params.snapshot_type.as_deref().is_some_and(|t| t != "Full") {
+        return Response::fault(400, "only Full snapshots are supported");
+    }
+    if !vm.control.gate.is_paused() {
+        return Response::fault(
+            400,
+            "the VM must be paused for a snapshot: PATCH /vm {\"state\": \"Paused\"} first",
+        );
+    }
+    let Some(snapshots) = &vm.snapshots else {
+        return Response::fault(400, "this VM cannot be snapshotted");
+    };
+    match snapshots.create(&params.snapshot_path, &params.mem_file_path) {
+        Ok(()) => Response::no_content(),
+        Err(e) => Response::fault(
+            400,
+            format!("cannot create the snapshot: {}", crate::boot::chain(&e)),
+        ),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -100,8 +156,8 @@ fn patch_vm(vm: &Vm, body: &[u8]) -> Response {
         }
     };
     let done = match state.as_str() {
-        "Paused" => vm.gate.pause(vm.pause_within),
-        "Resumed" => vm.gate.resume(),
+        "Paused" => vm.control.gate.pause(vm.pause_within),
+        "Resumed" => vm.control.gate.resume(),
         other => {
             return Response::fault(
                 400,
@@ -127,8 +183,9 @@ mod tests {
             id: "t".into(),
             vcpus: 2,
             memory_mib: 128,
-            gate: Arc::new(PauseGate::default()),
+            control: Arc::new(VcpuControl::new(2, Vec::new())),
             pause_within: Duration::from_millis(100),
+            snapshots: None,
         }
     }
 

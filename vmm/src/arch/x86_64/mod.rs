@@ -5,4 +5,5 @@ pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod state;
 pub mod zero_page;

@@ -1,0 +1,107 @@
+//! A VM rebuilt from a snapshot, ready to run where it was paused: guest memory mapped
+//! privately from the memory file, the in-kernel irqchip, PIT and clock, the serial port and
+//! each vCPU put back in the state the snapshot recorded.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use gureum_devices::Bus;
+use kvm_ioctls::Kvm;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+use super::{Error, Snapshot, cpuid_digest, format, refuse_devices};
+use crate::arch::x86_64::state;
+use crate::vcpu::{ExitSlot, Vcpu};
+use crate::vmm::{self, Vmm};
+
+impl Vmm {
+    /// The VM of `snapshot`, its guest memory from `mem`.
+    pub fn restore(snapshot: &Path, mem: &Path) -> Result<Vmm, Error> {
+        let s = format::read(snapshot)?;
+        refuse_devices(&s.config)?;
+        let kvm = Kvm::new().map_err(vmm::Error::OpenKvm)?;
+        vmm::check_host(&kvm, s.config.vcpus)?;
+        if cpuid_digest(&kvm, s.config.vcpus).map_err(|e| *e)? != s.cpuid_digest {
+            return Err(Error::ForeignCpu);
+        }
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| vmm::Error::Kvm("create a VM", e))?;
+        let memory = map_memory(&s, mem)?;
+        vmm::register_guest_memory(&vm, &memory)?;
+        vmm::create_irqchip(&vm)?;
+        state::restore_vm(&vm, &s.vm).map_err(Error::Vm)?;
+
+        let mut pio = Bus::new();
+        let legacy = vmm::attach_legacy_devices(&vm, &mut pio, Some(&s.serial))?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+        let exit = Arc::new(ExitSlot::new(vmm::eventfd()?));
+        let cpuid = vmm::supported_cpuid(&kvm)?;
+        let count = s.config.vcpus;
+        let vcpus = (0..count)
+            .zip(&s.vcpus)
+            .map(|(id, saved)| {
+                let (pio, mmio, exit) = (pio.clone(), mmio.clone(), exit.clone());
+                let vcpu = Vcpu::create(&vm, &cpuid, id, count, pio, mmio, exit)?;
+                vcpu.restore(saved)?;
+                Ok(vcpu)
+            })
+            .collect::<Result<Vec<_>, crate::vcpu::Error>>()
+            .map_err(vmm::Error::from)?;
+        Ok(Vmm {
+            kvm,
+            vm: Arc::new(vm),
+            config: s.config,
+            memory,
+            vcpus,
+            serial: legacy.serial,
+            serial_ready: legacy.serial_ready,
+            i8042_reset: legacy.i8042_reset,
+            exit,
+            boot_timer: legacy.boot_timer,
+            virtio: Vec::new(),
+            vsock: None,
+        })
+    }
+}
+
+/// Each region of guest memory, mapped privately from its place in the memory file: read as
+/// the guest touches it, never written back.
+fn map_memory(s: &Snapshot, mem: &Path) -> Result<GuestMemoryMmap, Error> {
+    let fail = |e| Error::ReadMemory(mem.to_path_buf(), e);
+    let file = File::open(mem).map_err(fail)?;
+    let have = file.metadata().map_err(fail)?.len();
+    let want = s
+        .memory
+        .iter()
+        .map(|r| r.file_offset + r.len)
+        .max()
+        .unwrap_or(0);
+    let expected: u64 = s.config.memory_mib << 20;
+    let total: u64 = s.memory.iter().map(|r| r.len).sum();
+    if have != want || total != expected {
+        return Err(Error::MemoryFile {
+            path: mem.to_path_buf(),
+            have,
+            want,
+        });
+    }
+    let file = Arc::new(file);
+    let regions = (s.memory.iter())
+        .map(|r| {
+            let len =
+                usize::try_from(r.len).map_err(|_| fail(std::io::ErrorKind::InvalidData.into()))?;
+            let mapping = MmapRegionBuilder::new(len)
+                .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+                .build()
+                .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                .ok_or_else(|| fail(std::io::ErrorKind::InvalidData.into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|e| fail(std::io::Error::other(e.to_string())))
+}
