@@ -147,6 +147,23 @@ pub enum Command {
     /// process: it goes on exactly where it was paused, its console on this terminal. Exit
     /// codes as `boot`'s.
     Restore(RestoreArgs),
+    /// Snapshot a running VM through its API socket (as PATCH /vm and PUT /snapshot/create
+    /// do): pause it, write its state and memory, and resume it. `gureum restore` runs it
+    /// again. Only VMs without virtio devices, for now.
+    Snapshot {
+        /// The VM's API socket (its `boot --api-sock`).
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+        /// Where to write the VM's state.
+        #[arg(long, value_name = "PATH")]
+        snapshot: PathBuf,
+        /// Where to write its guest memory.
+        #[arg(long, value_name = "PATH")]
+        mem: PathBuf,
+        /// Leave the VM paused afterwards (to stop it, or to snapshot it again unchanged).
+        #[arg(long)]
+        leave_paused: bool,
+    },
     /// Say what this host's KVM is (hardware or PVM), what gureum uses, and how fast guests run.
     HostCheck {
         /// Print the report as JSON.

@@ -17,6 +17,8 @@ enum Error {
     #[error(transparent)]
     HostCheck(#[from] host_check::Error),
     #[error(transparent)]
+    Api(#[from] gureum_vmm::api::client::Error),
+    #[error(transparent)]
     Bench(#[from] bench::Error),
     #[error(transparent)]
     Container(#[from] container::Error),
@@ -229,6 +231,15 @@ fn machine(command: Command, start: Instant) -> Result<i32, Error> {
     match command {
         Command::Boot(args) => Ok(boot::boot(&args.request(), start)?),
         Command::Restore(args) => Ok(boot::boot(&args.request(), start)?),
+        Command::Snapshot {
+            api_sock,
+            snapshot,
+            mem,
+            leave_paused,
+        } => {
+            gureum_vmm::api::client::snapshot(&api_sock, &snapshot, &mem, leave_paused)?;
+            Ok(0)
+        }
         Command::HostCheck { json } => {
             let report = host_check::check()?;
             if json {

@@ -166,3 +166,89 @@ fn a_vm_with_virtio_devices_is_not_snapshotted_yet_and_says_why() {
     let n = *vm.counts().last().unwrap();
     vm.wait_for_count(n + 2);
 }
+
+/// Pauses `vm`, snapshots it into `dir` (`s`, `m`) and kills it.
+fn pause_snapshot_kill(mut vm: Vm, dir: &Path) {
+    assert_eq!(
+        vm.curl("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        dir.join("s").display(),
+        dir.join("m").display()
+    );
+    assert_eq!(
+        vm.curl("PUT", "/snapshot/create", Some(&body)),
+        (204, String::new())
+    );
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+}
+
+/// Our Linux guest with 2 vCPUs, at its shell: a file written before the snapshot is there
+/// after a restore in a new process, and the shell answers there.
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn a_restored_linux_guest_keeps_its_files_and_its_shell_answers() {
+    let dir = scratch("snapshot-linux");
+    let f = common::default_guest_file;
+    let (kernel, initrd) = (f("vmlinux"), f("initramfs.cpio"));
+    let args = [
+        "boot",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--vcpus",
+        "2",
+    ];
+    let mut vm = Vm::spawn_typed(&dir, "boot.txt", &args);
+    vm.wait_for("gureum-init: shell on the console", Duration::from_secs(60));
+    vm.type_line("echo kept-$((20+1)) > /tmp/f; cat /tmp/f");
+    vm.wait_for("\nkept-21", Duration::from_secs(30));
+    pause_snapshot_kill(vm, &dir);
+
+    let (state, mem) = (dir.join("s"), dir.join("m"));
+    let (state, mem) = (state.to_str().unwrap(), mem.to_str().unwrap());
+    let args = ["restore", "--snapshot", state, "--mem", mem];
+    let mut restored = Vm::spawn_typed(&dir, "restored.txt", &args);
+    restored.type_line("cat /tmp/f; echo after-$((40+2)) cpus=$(grep -c ^processor /proc/cpuinfo)");
+    restored.wait_for("\nkept-21", Duration::from_secs(30));
+    restored.wait_for("\nafter-42 cpus=2", Duration::from_secs(30));
+}
+
+/// `gureum snapshot`, for those without an HTTP client: the VM is paused, snapshotted and
+/// resumed (it counts on), and the snapshot restores; no VM on the socket is one line.
+#[test]
+fn gureum_snapshot_takes_one_through_the_api_and_leaves_the_vm_running() {
+    require_kvm!();
+    let dir = scratch("snapshot-cli");
+    let vm = Vm::start(&dir, &[]);
+    vm.wait_for_count(2);
+    let (state, mem) = (dir.join("s"), dir.join("m"));
+    let args = |sock: &Path| {
+        let mut cmd = std::process::Command::new(GUREUM);
+        cmd.arg("snapshot").arg("--api-sock").arg(sock);
+        cmd.arg("--snapshot").arg(&state).arg("--mem").arg(&mem);
+        cmd
+    };
+    let out = output_of(&mut args(&vm.sock), None, Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let (code, body) = vm.curl("GET", "/", None);
+    assert_eq!((code, json(&body)["state"].as_str()), (200, Some("Running")));
+    let n = *vm.counts().last().unwrap();
+    vm.wait_for_count(n + 2);
+    drop(vm);
+    let restored = Vm::restore(&dir, "restored", &state, &mem);
+    restored.wait_for_count(3);
+
+    let out = output_of(&mut args(&dir.join("nobody")), None, Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.starts_with("gureum: cannot reach the API socket ")
+            && out.stderr.lines().count() == 1,
+        "{}",
+        out.describe()
+    );
+}

@@ -1,5 +1,6 @@
-//! A VM of the test guest counting on its console ("count: N"), with an API socket, and curl
-//! as the client: what the API and snapshot tests drive.
+//! A VM with an API socket, and curl as the client: what the API and snapshot tests drive.
+//! Mostly the test guest counting on its console ("count: N"); a Linux guest's shell, typed
+//! into, for the snapshot test in the KVM test machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,13 +40,44 @@ impl Vm {
         Self::spawn(dir, name, &args)
     }
 
+    /// gureum with `args` (boot or restore), its console in `name`, input from a pipe that
+    /// [`Self::type_line`] writes to.
+    pub fn spawn_typed(dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::spawn_with(dir, name, args, Stdio::piped())
+    }
+
+    /// Types `line` and Enter on the guest's console (a VM from [`Self::spawn_typed`]).
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("a VM with typed input");
+        std::io::Write::write_all(stdin, format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits until the console shows `text`.
+    pub fn wait_for(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + scaled(within);
+        while !self.console().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on the console:\n{}\n{}",
+                self.console(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn spawn(dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::spawn_with(dir, name, args, Stdio::null())
+    }
+
+    fn spawn_with(dir: &Path, name: &str, args: &[&str], stdin: Stdio) -> Self {
         let sock = dir.join(format!("{name}.sock"));
         let console = dir.join(name);
+        let timeout = super::timeout_secs(300);
         let child = Command::new(GUREUM)
             .args(args)
-            .args(["--timeout", "300", "--api-sock", sock.to_str().unwrap()])
-            .stdin(Stdio::null())
+            .args(["--timeout", &timeout, "--api-sock", sock.to_str().unwrap()])
+            .stdin(stdin)
             .stdout(std::fs::File::create(&console).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
             .spawn()

@@ -4,6 +4,7 @@
 //! What only configures a VM before it starts is refused once it runs, as Firecracker refuses
 //! it. docs/api.yaml documents every path (a test checks it against [`route`]).
 
+pub mod client;
 pub mod http;
 pub mod server;
 
