@@ -392,6 +392,10 @@ pub struct RestoreArgs {
     /// Serve Firecracker's API for the restored VM on this Unix socket (as `boot --api-sock`).
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// The vsock device's host socket, instead of the snapshot's (each clone of a snapshot
+    /// needs its own).
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
     /// Stop the guest after this many seconds and exit 124.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
@@ -410,7 +414,11 @@ impl RestoreArgs {
             phases: self.phases,
             no_seccomp: self.no_seccomp,
             api_sock: self.api_sock.clone(),
-            restore: Some((self.snapshot.clone(), self.mem.clone())),
+            restore: Some(gureum_vmm::snapshot::RestoreFrom {
+                snapshot: self.snapshot.clone(),
+                mem: self.mem.clone(),
+                vsock_uds: self.vsock_uds.clone(),
+            }),
             ..BootRequest::default()
         }
     }

@@ -135,36 +135,150 @@ fn corrupt_truncated_foreign_and_mismatched_snapshots_are_refused_in_one_line() 
     assert!(restore_refusal(&missing, &mem).contains("cannot read the snapshot"));
 }
 
+/// The `rng N: HEX` lines of `text` (whole lines only): N and the bytes.
+fn rng_lines(text: &str) -> Vec<(u64, String)> {
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    (whole.lines())
+        .filter_map(|l| {
+            let (n, hex) = l.strip_prefix("rng ")?.split_once(": ")?;
+            Some((n.parse().ok()?, hex.to_string()))
+        })
+        .collect()
+}
+
+/// A guest that uses its virtio-rng device all along: the device's queue goes on where it was
+/// in each of two clones, and the clones draw different bytes from this host.
 #[test]
-fn a_vm_with_virtio_devices_is_not_snapshotted_yet_and_says_why() {
+fn a_busy_virtio_device_goes_on_after_a_restore_and_clones_draw_different_entropy() {
     require_kvm!();
     let dir = scratch("snapshot-rng");
-    let vm = Vm::start(&dir, &["--rng"]);
-    vm.wait_for_count(1);
-    assert_eq!(
-        vm.curl("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
-        204
+    let kernel = common::test_guest().to_str().unwrap().to_string();
+    let cmdline = "console=ttyS0 scenario=rng-count every=67108864";
+    let args = ["boot", "--kernel", &kernel, "--rng", "--cmdline", cmdline];
+    let vm = Vm::spawn_typed(&dir, "boot.txt", &args);
+    vm.wait_for("rng 3: ", Duration::from_secs(20));
+    pause_snapshot_kill(vm, &dir);
+    let before = std::fs::read_to_string(dir.join("boot.txt")).unwrap();
+    let last = rng_lines(&before).last().unwrap().0;
+    let (state, mem) = (dir.join("s"), dir.join("m"));
+    let clones = [
+        Vm::restore(&dir, "one", &state, &mem),
+        Vm::restore(&dir, "two", &state, &mem),
+    ];
+    let mut drawn = Vec::new();
+    for clone in &clones {
+        clone.wait_for(&format!("rng {}: ", last + 3), Duration::from_secs(20));
+        let text = format!("{before}{}", clone.console());
+        assert!(!text.contains("out of step"), "{text}");
+        let lines = rng_lines(&text);
+        let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            numbers,
+            (1..=lines.len() as u64).collect::<Vec<_>>(),
+            "{text}"
+        );
+        for (n, hex) in &lines {
+            assert!(
+                hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "rng {n}: {hex}"
+            );
+        }
+        drawn.push(lines[usize::try_from(last).unwrap()..].to_vec());
+    }
+    assert_ne!(
+        drawn[0][0].1, drawn[1][0].1,
+        "two clones drew the same bytes"
     );
-    let body = format!(
+}
+
+/// A host connection to a guest vsock port: CONNECT, and the "OK <port>" line read.
+fn vsock_connect(uds: &Path, port: u32) -> std::os::unix::net::UnixStream {
+    let mut conn = std::os::unix::net::UnixStream::connect(uds).unwrap();
+    conn.set_read_timeout(Some(common::scaled(Duration::from_secs(10))))
+        .unwrap();
+    std::io::Write::write_all(&mut conn, format!("CONNECT {port}\n").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\n") {
+        std::io::Read::read_exact(&mut conn, &mut byte).unwrap();
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"OK "), "{answer:?}");
+    conn
+}
+
+fn echoes(conn: &mut std::os::unix::net::UnixStream, word: &[u8; 4]) {
+    std::io::Write::write_all(conn, word).unwrap();
+    let mut echo = [0u8; 4];
+    std::io::Read::read_exact(conn, &mut echo).unwrap();
+    assert_eq!(&echo, word);
+}
+
+fn snapshot_body(dir: &Path, name: &str) -> String {
+    format!(
         r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        dir.join("s").display(),
-        dir.join("m").display()
-    );
-    let (code, answer) = vm.curl("PUT", "/snapshot/create", Some(&body));
+        dir.join(format!("{name}.s")).display(),
+        dir.join(format!("{name}.m")).display()
+    )
+}
+
+/// vsock: a guest listening, snapshotted idle, restored as a clone on a socket of its own,
+/// echoes there; a snapshot with a connection open is refused with a 400 that says so (a
+/// connection cannot be saved), and the VM runs on.
+#[test]
+fn a_listening_vsock_guest_restores_on_another_socket_and_an_open_connection_is_refused() {
+    require_kvm!();
+    let dir = scratch("snapshot-vsock");
+    let kernel = common::test_guest().to_str().unwrap().to_string();
+    let uds = dir.join("v.sock");
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let cmdline = "console=ttyS0 scenario=vsock-echo port=5000 conns=1";
+    let args = [
+        "boot",
+        "--kernel",
+        &kernel,
+        "--vsock",
+        &vsock,
+        "--cmdline",
+        cmdline,
+    ];
+    let vm = Vm::spawn_typed(&dir, "boot.txt", &args);
+    vm.wait_for("vsock: listening", Duration::from_secs(20));
+    let state = |on: &str| Some(format!(r#"{{"state": "{on}"}}"#));
+    assert_eq!(vm.curl("PATCH", "/vm", state("Paused").as_deref()).0, 204);
+    let idle = snapshot_body(&dir, "idle");
+    assert_eq!(vm.curl("PUT", "/snapshot/create", Some(&idle)).0, 204);
+    assert_eq!(vm.curl("PATCH", "/vm", state("Resumed").as_deref()).0, 204);
+
+    let mut conn = vsock_connect(&uds, 5000);
+    assert_eq!(vm.curl("PATCH", "/vm", state("Paused").as_deref()).0, 204);
+    let busy = snapshot_body(&dir, "busy");
+    let (code, answer) = vm.curl("PUT", "/snapshot/create", Some(&busy));
     assert_eq!(code, 400, "{answer}");
     let fault = json(&answer)["fault_message"].as_str().unwrap().to_string();
-    assert!(
-        fault.contains("an entropy device are not supported yet"),
-        "{fault}"
-    );
-    assert!(!dir.join("s").exists() && !dir.join("m").exists());
-    // The VM runs on once resumed.
-    assert_eq!(
-        vm.curl("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
-        204
-    );
-    let n = *vm.counts().last().unwrap();
-    vm.wait_for_count(n + 2);
+    assert!(fault.contains("vsock has 1 open connections"), "{fault}");
+    assert!(!dir.join("busy.s").exists() && !dir.join("busy.m").exists());
+    assert_eq!(vm.curl("PATCH", "/vm", state("Resumed").as_deref()).0, 204);
+    echoes(&mut conn, b"ping");
+
+    let clone_uds = dir.join("clone.sock");
+    let (s, m) = (dir.join("idle.s"), dir.join("idle.m"));
+    let args = [
+        "restore",
+        "--snapshot",
+        s.to_str().unwrap(),
+        "--mem",
+        m.to_str().unwrap(),
+        "--vsock-uds",
+        clone_uds.to_str().unwrap(),
+    ];
+    let clone = Vm::spawn_typed(&dir, "clone.txt", &args);
+    let deadline = std::time::Instant::now() + common::scaled(Duration::from_secs(10));
+    while !clone_uds.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", clone.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    echoes(&mut vsock_connect(&clone_uds, 5000), b"pong");
 }
 
 /// Pauses `vm`, snapshots it into `dir` (`s`, `m`) and kills it.
@@ -186,14 +300,32 @@ fn pause_snapshot_kill(mut vm: Vm, dir: &Path) {
     let _ = vm.child.wait();
 }
 
-/// Our Linux guest with 2 vCPUs, at its shell: a file written before the snapshot is there
-/// after a restore in a new process, and the shell answers there.
+/// Our Linux guest with 2 vCPUs, a disk and virtio-rng, at its shell: a file written before
+/// the snapshot is there after a restore in a new process, the disk reads a file it had not
+/// read before, the hardware RNG gives bytes, and the shell answers.
 #[test]
 #[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
 fn a_restored_linux_guest_keeps_its_files_and_its_shell_answers() {
     let dir = scratch("snapshot-linux");
     let f = common::default_guest_file;
     let (kernel, initrd) = (f("vmlinux"), f("initramfs.cpio"));
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("first"), "read-before\n").unwrap();
+    std::fs::write(files.join("second"), "read-after\n").unwrap();
+    let image = dir.join("disk.ext4");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-d",
+            files.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "8M",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfs.ext4");
+    let disk = format!("{},ro", image.display());
     let args = [
         "boot",
         "--kernel",
@@ -202,53 +334,30 @@ fn a_restored_linux_guest_keeps_its_files_and_its_shell_answers() {
         initrd.to_str().unwrap(),
         "--vcpus",
         "2",
+        "--disk",
+        &disk,
+        "--rng",
     ];
     let mut vm = Vm::spawn_typed(&dir, "boot.txt", &args);
     vm.wait_for("gureum-init: shell on the console", Duration::from_secs(60));
-    vm.type_line("echo kept-$((20+1)) > /tmp/f; cat /tmp/f");
-    vm.wait_for("\nkept-21", Duration::from_secs(30));
+    vm.type_line("echo kept-$((20+1)) > /tmp/f; mount -o ro /dev/vda /mnt && cat /mnt/first");
+    vm.wait_for("\nread-before", Duration::from_secs(30));
     pause_snapshot_kill(vm, &dir);
 
     let (state, mem) = (dir.join("s"), dir.join("m"));
     let (state, mem) = (state.to_str().unwrap(), mem.to_str().unwrap());
     let args = ["restore", "--snapshot", state, "--mem", mem];
     let mut restored = Vm::spawn_typed(&dir, "restored.txt", &args);
-    restored.type_line("cat /tmp/f; echo after-$((40+2)) cpus=$(grep -c ^processor /proc/cpuinfo)");
-    restored.wait_for("\nkept-21", Duration::from_secs(30));
+    restored.type_line("cat /tmp/f /mnt/second; head -c 8 /dev/hwrng | od -An -tx1 | tr -d ' '");
+    restored.type_line("echo after-$((40+2)) cpus=$(grep -c ^processor /proc/cpuinfo)");
     restored.wait_for("\nafter-42 cpus=2", Duration::from_secs(30));
-}
-
-/// `gureum snapshot`, for those without an HTTP client: the VM is paused, snapshotted and
-/// resumed (it counts on), and the snapshot restores; no VM on the socket is one line.
-#[test]
-fn gureum_snapshot_takes_one_through_the_api_and_leaves_the_vm_running() {
-    require_kvm!();
-    let dir = scratch("snapshot-cli");
-    let vm = Vm::start(&dir, &[]);
-    vm.wait_for_count(2);
-    let (state, mem) = (dir.join("s"), dir.join("m"));
-    let args = |sock: &Path| {
-        let mut cmd = std::process::Command::new(GUREUM);
-        cmd.arg("snapshot").arg("--api-sock").arg(sock);
-        cmd.arg("--snapshot").arg(&state).arg("--mem").arg(&mem);
-        cmd
-    };
-    let out = output_of(&mut args(&vm.sock), None, Duration::from_secs(60));
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    let (code, body) = vm.curl("GET", "/", None);
-    assert_eq!((code, json(&body)["state"].as_str()), (200, Some("Running")));
-    let n = *vm.counts().last().unwrap();
-    vm.wait_for_count(n + 2);
-    drop(vm);
-    let restored = Vm::restore(&dir, "restored", &state, &mem);
-    restored.wait_for_count(3);
-
-    let out = output_of(&mut args(&dir.join("nobody")), None, Duration::from_secs(30));
-    assert_eq!(out.code, Some(1), "{}", out.describe());
-    assert!(
-        out.stderr.starts_with("gureum: cannot reach the API socket ")
-            && out.stderr.lines().count() == 1,
-        "{}",
-        out.describe()
-    );
+    let console = restored.console();
+    for want in ["\nkept-21", "\nread-after"] {
+        assert!(console.contains(want), "{want:?}:\n{console}");
+    }
+    let hex = console
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 16 && l.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(hex.is_some(), "no 8 bytes from /dev/hwrng:\n{console}");
 }

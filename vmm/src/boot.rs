@@ -57,8 +57,8 @@ pub struct BootRequest {
     pub no_seccomp: bool,
     /// Serve Firecracker's API for the running VM on this Unix socket.
     pub api_sock: Option<PathBuf>,
-    /// Run the VM of a snapshot (its state file, its memory file) instead of booting one.
-    pub restore: Option<(PathBuf, PathBuf)>,
+    /// Run the VM of a snapshot instead of booting one.
+    pub restore: Option<crate::snapshot::RestoreFrom>,
 }
 
 /// One line: the error and each cause after it (skipping causes whose text some crates already
@@ -198,7 +198,7 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
         .transpose()?;
     let mut phases = phases::Phases::new(start, args.phases);
     let vmm = match &args.restore {
-        Some((snapshot, mem)) => vmm::Vmm::restore(snapshot, mem)?,
+        Some(from) => vmm::Vmm::restore(from)?,
         None => {
             let config = resolve_config(args)?;
             refuse_linux_on_pvm(args, &config)?;

@@ -43,6 +43,8 @@ pub struct Attached {
     pub cmdline: String,
     /// The vsock device, to confine its host connections with the VMM.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Each device's transport, in the order of the config: what a snapshot saves.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 pub fn attach(
@@ -83,6 +85,7 @@ pub fn attach(
         devices.push(Arc::new(Mutex::new(Rng::new().map_err(Error::OpenRng)?)));
     }
     let mut handlers = Vec::with_capacity(devices.len());
+    let mut transports = Vec::with_capacity(devices.len());
     for (n, device) in (0u32..).zip(devices) {
         let base = VIRTIO_MMIO_START + u64::from(n) * MMIO_SIZE;
         let irq = VIRTIO_IRQ_BASE + n;
@@ -99,7 +102,9 @@ pub fn attach(
             queue_evts.push(evt);
         }
         let transport = MmioTransport::new(device.clone(), interrupt.clone(), mem.clone());
-        mmio.insert(base, MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, MMIO_SIZE, transport.clone())?;
+        transports.push(transport);
         handlers.push(VirtioHandler::new(device, interrupt, queue_evts));
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
@@ -107,6 +112,7 @@ pub fn attach(
         handlers,
         cmdline,
         vsock,
+        transports,
     })
 }
 

@@ -84,6 +84,7 @@ pub struct Vmm {
     pub(crate) boot_timer: BootTimer,
     pub(crate) virtio: Vec<VirtioHandler>,
     pub(crate) vsock: Option<Arc<Mutex<gureum_devices::virtio::vsock::Vsock>>>,
+    pub(crate) transports: Vec<Arc<Mutex<gureum_devices::virtio::MmioTransport>>>,
 }
 
 pub(crate) struct LegacyDevices {
@@ -148,6 +149,7 @@ impl TryFrom<&VmConfig> for Vmm {
             boot_timer: legacy.boot_timer,
             virtio: virtio.handlers,
             vsock: virtio.vsock,
+            transports: virtio.transports,
         })
     }
 }
@@ -319,9 +321,11 @@ impl Vmm {
                     vm: self.vm.clone(),
                     memory: self.memory.clone(),
                     serial: self.serial.clone(),
+                    transports: self.transports.clone(),
                     config: self.config.clone(),
                     cpuid_digest: crate::snapshot::cpuid_digest(&self.kvm, self.config.vcpus)?,
                     within,
+                    jail: confinement.as_ref().and_then(|c| c.jail.clone()),
                 }),
             };
             let server = crate::api::server::ApiServer::new(listener, vm);

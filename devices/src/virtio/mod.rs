@@ -10,6 +10,7 @@ pub mod handler;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod state;
 pub mod vsock;
 
 use std::os::fd::RawFd;
@@ -129,6 +130,14 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// A restored device's status: `bits` pending, the line raised again if any are.
+    pub fn restore(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            let _ = self.irqfd.write(1);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -165,6 +174,15 @@ pub trait VirtioDevice: Send {
     /// One of `extra_fds` is ready; returns whether a used ring changed.
     fn process_fd(&mut self, _fd: RawFd) -> bool {
         false
+    }
+    /// The queues the device serves, in order (none before the driver started it): what a
+    /// snapshot saves of it.
+    fn active_queues(&self) -> Vec<&Queue> {
+        Vec::new()
+    }
+    /// Why the device cannot be snapshotted as it is now (an open connection), if it cannot.
+    fn snapshot_refusal(&self) -> Option<String> {
+        None
     }
 }
 

@@ -72,6 +72,10 @@ impl VirtioDevice for Rng {
         self.active = None;
     }
 
+    fn active_queues(&self) -> Vec<&Queue> {
+        self.active.iter().map(|(_, q)| q).collect()
+    }
+
     fn process_queue(&mut self, index: usize) -> bool {
         match (&mut self.active, index) {
             (Some((mem, queue)), 0) => {

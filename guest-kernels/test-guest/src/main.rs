@@ -374,6 +374,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
         Some(b"vsock-connect") => vsock::connect(cmdline),
         Some(b"triple-fault") => triple_fault(),
         Some(b"count") => scenarios::count(cmdline),
+        Some(b"rng-count") => scenarios::rng_count(cmdline),
         Some(b"hang") => {
             puts(b"hang: spinning until stopped\n");
             loop {

@@ -348,6 +348,42 @@ fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Every `every=` TSC ticks (default 2^27), 8 bytes from virtio-rng, printed as
+/// "rng N: 16 hex digits", for ever: the device's queue must go on where it was across a
+/// snapshot, and two clones of one snapshot must print different bytes.
+pub fn rng_count(cmdline: &[u8]) {
+    let Some(mut q) = started(cmdline, RNG, 0, 8) else { return };
+    let every = number(cmdline, b"every", 1 << 27);
+    let buf = q.buffers();
+    let mut n = 0;
+    loop {
+        let due = rdtsc().wrapping_add(every);
+        while rdtsc() < due {
+            core::hint::spin_loop();
+        }
+        n += 1;
+        let len = q.submit(&[(buf, 8, true)]);
+        if !q.in_step() {
+            puts(b"rng: the used ring is out of step\n");
+            return;
+        }
+        puts(b"rng ");
+        put_dec(n);
+        puts(b": ");
+        match len {
+            Some(8) => {
+                for i in 0..8 {
+                    let b = read_byte(buf + i);
+                    puts(&[b"0123456789abcdef"[usize::from(b >> 4)], b"0123456789abcdef"[usize::from(b & 15)]]);
+                }
+            }
+            Some(other) => say(b"length ", Some(other)),
+            None => puts(b"timeout"),
+        }
+        puts(b"\n");
+    }
+}
+
 /// Counts, printing "count: N" every `every=` TSC ticks (default 2^27, ~50 ms at 2.7 GHz),
 /// up to `count=` (default: until stopped). The next line is due `every` ticks after the
 /// last one printed, so a pause leaves a gap, not a burst: for tests of pause, resume and

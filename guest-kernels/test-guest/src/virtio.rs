@@ -218,6 +218,12 @@ impl Queue {
         self.next_used().map(|(head, _)| head)
     }
 
+    /// Whether the device's used index is exactly where this driver has read to: a device that
+    /// lost its place (a bad restore) is off.
+    pub fn in_step(&self) -> bool {
+        r16(self.used + 2) == self.last_used
+    }
+
     /// Tell the device not to interrupt (VRING_AVAIL_F_NO_INTERRUPT); this driver polls.
     pub fn no_interrupts(&self) {
         w16(self.avail, 1);

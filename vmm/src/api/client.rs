@@ -27,7 +27,8 @@ pub enum Error {
 /// is 2xx; otherwise the fault message, as an error.
 pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Result<String, Error> {
     let io = |e| Error::Io(sock.to_path_buf(), e);
-    let mut stream = UnixStream::connect(sock).map_err(|e| Error::Connect(sock.to_path_buf(), e))?;
+    let mut stream =
+        UnixStream::connect(sock).map_err(|e| Error::Connect(sock.to_path_buf(), e))?;
     // A snapshot of a large guest takes a while; a VMM that never answers does not hang us.
     stream
         .set_read_timeout(Some(Duration::from_secs(600)))
@@ -61,8 +62,8 @@ pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Result
 /// snapshot, and resumes it unless `leave_paused` (or it was paused already).
 pub fn snapshot(sock: &Path, state: &Path, mem: &Path, leave_paused: bool) -> Result<(), Error> {
     let info = call(sock, "GET", "/", None)?;
-    let running = serde_json::from_str::<serde_json::Value>(&info)
-        .is_ok_and(|v| v["state"] == "Running");
+    let running =
+        serde_json::from_str::<serde_json::Value>(&info).is_ok_and(|v| v["state"] == "Running");
     let set = |state: &str| {
         let body = serde_json::json!({ "state": state }).to_string();
         call(sock, "PATCH", "/vm", Some(&body)).map(drop)

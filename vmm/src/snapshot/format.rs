@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::state::{VcpuState, VmState};
 use crate::config::VmConfig;
 use gureum_devices::legacy::SerialSnapshot;
+use gureum_devices::virtio::state::TransportSnapshot;
 
 pub const MAGIC: &[u8; 16] = b"GUREUM-SNAPSHOT\n";
 /// Bumped whenever `Snapshot` changes in a way an older gureum cannot read.
@@ -66,6 +67,8 @@ pub struct Snapshot {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialSnapshot,
+    /// Each virtio device's transport and queues, in the order of the config's devices.
+    pub devices: Vec<TransportSnapshot>,
 }
 
 pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), Error> {

@@ -3,7 +3,7 @@
 //! each vCPU put back in the state the snapshot recorded.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gureum_devices::Bus;
@@ -16,11 +16,27 @@ use crate::arch::x86_64::state;
 use crate::vcpu::{ExitSlot, Vcpu};
 use crate::vmm::{self, Vmm};
 
+/// What to restore, and which host paths to give it instead of the snapshot's.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreFrom {
+    pub snapshot: PathBuf,
+    pub mem: PathBuf,
+    /// The vsock device's socket (two clones of one snapshot cannot share one).
+    pub vsock_uds: Option<PathBuf>,
+}
+
 impl Vmm {
-    /// The VM of `snapshot`, its guest memory from `mem`.
-    pub fn restore(snapshot: &Path, mem: &Path) -> Result<Vmm, Error> {
-        let s = format::read(snapshot)?;
+    /// The VM of a snapshot, its guest memory from the memory file.
+    pub fn restore(from: &RestoreFrom) -> Result<Vmm, Error> {
+        let mut s = format::read(&from.snapshot)?;
+        let mem = from.mem.as_path();
         refuse_devices(&s.config)?;
+        if let Some(uds) = &from.vsock_uds {
+            let Some(vsock) = &mut s.config.vsock else {
+                return Err(Error::NoVsock);
+            };
+            vsock.uds.clone_from(uds);
+        }
         let kvm = Kvm::new().map_err(vmm::Error::OpenKvm)?;
         vmm::check_host(&kvm, s.config.vcpus)?;
         if cpuid_digest(&kvm, s.config.vcpus).map_err(|e| *e)? != s.cpuid_digest {
@@ -34,9 +50,12 @@ impl Vmm {
         vmm::create_irqchip(&vm)?;
         state::restore_vm(&vm, &s.vm).map_err(Error::Vm)?;
 
+        let mut mmio = Bus::new();
+        let virtio = crate::virtio_devices::attach(&vm, &mut mmio, &memory, &s.config)
+            .map_err(vmm::Error::from)?;
         let mut pio = Bus::new();
         let legacy = vmm::attach_legacy_devices(&vm, &mut pio, Some(&s.serial))?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let exit = Arc::new(ExitSlot::new(vmm::eventfd()?));
         let cpuid = vmm::supported_cpuid(&kvm)?;
         let count = s.config.vcpus;
@@ -50,6 +69,14 @@ impl Vmm {
             })
             .collect::<Result<Vec<_>, crate::vcpu::Error>>()
             .map_err(vmm::Error::from)?;
+        if s.devices.len() != virtio.transports.len() {
+            return Err(Error::DeviceCount(s.devices.len(), virtio.transports.len()));
+        }
+        for (slot, (transport, saved)) in virtio.transports.iter().zip(&s.devices).enumerate() {
+            gureum_devices::bus::lock(transport)
+                .restore(slot, saved)
+                .map_err(Error::RestoreDevice)?;
+        }
         Ok(Vmm {
             kvm,
             vm: Arc::new(vm),
@@ -61,8 +88,9 @@ impl Vmm {
             i8042_reset: legacy.i8042_reset,
             exit,
             boot_timer: legacy.boot_timer,
-            virtio: Vec::new(),
-            vsock: None,
+            virtio: virtio.handlers,
+            vsock: virtio.vsock,
+            transports: virtio.transports,
         })
     }
 }

@@ -175,6 +175,10 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn snapshot_refusal(&self) -> Option<String> {
+        Some("a network interface's traffic cannot be saved".into())
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.pending = None;

@@ -76,6 +76,8 @@ pub struct Vsock {
     muxer: Muxer,
     buf: Vec<u8>,
     active: Option<(GuestMemoryMmap, Queue, Queue)>,
+    /// The event queue: never used (no transport resets yet), kept for a snapshot.
+    event: Option<Queue>,
 }
 
 impl Vsock {
@@ -86,6 +88,7 @@ impl Vsock {
             muxer: Muxer::new(cid, uds)?,
             buf: vec![0; MAX_PAYLOAD],
             active: None,
+            event: None,
         })
     }
 
@@ -140,11 +143,27 @@ impl VirtioDevice for Vsock {
         let mut queues = queues.into_iter();
         if let (Some(rx), Some(tx)) = (queues.next(), queues.next()) {
             self.active = Some((mem, rx, tx));
+            self.event = queues.next();
         }
     }
 
     fn reset(&mut self) {
         self.active = None;
+        self.event = None;
+    }
+
+    fn active_queues(&self) -> Vec<&Queue> {
+        match &self.active {
+            Some((_, rx, tx)) => [rx, tx].into_iter().chain(&self.event).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn snapshot_refusal(&self) -> Option<String> {
+        let n = self.muxer.connections();
+        (!self.muxer.is_idle()).then(|| {
+            format!("vsock has {n} open connections or packets in flight: snapshot it idle")
+        })
     }
 
     fn process_queue(&mut self, index: usize) -> bool {

@@ -167,6 +167,11 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// No connection, none being set up, no packet waiting for the guest.
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty() && self.pending.is_empty() && self.control.is_empty()
+    }
+
     fn watch(&self, fd: RawFd) {
         let events =
             EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED | EventSet::READ_HANG_UP;

@@ -8,6 +8,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{F_EVENT_IDX, F_VERSION_1, INT_CONFIG, Interrupt, VirtioDevice};
+
+mod snapshot;
 use crate::BusDevice;
 use crate::bus::lock;
 
@@ -267,16 +269,18 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     /// A device that records what the transport does to it.
     #[derive(Default)]
-    struct Probe {
-        activated: Option<(usize, u64)>,
-        resets: usize,
+    pub(super) struct Probe {
+        pub(super) activated: Option<(usize, u64)>,
+        pub(super) queues: Vec<Queue>,
+        pub(super) resets: usize,
+        pub(super) served: Vec<usize>,
     }
 
     impl VirtioDevice for Probe {
@@ -297,35 +301,41 @@ mod tests {
         }
         fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>, features: u64) {
             self.activated = Some((queues.len(), features));
+            self.queues = queues;
         }
         fn reset(&mut self) {
             self.activated = None;
+            self.queues.clear();
             self.resets += 1;
         }
-        fn process_queue(&mut self, _index: usize) -> bool {
+        fn process_queue(&mut self, index: usize) -> bool {
+            self.served.push(index);
             false
+        }
+        fn active_queues(&self) -> Vec<&Queue> {
+            self.queues.iter().collect()
         }
     }
 
-    fn setup() -> (MmioTransport, Arc<Mutex<Probe>>) {
+    pub(super) fn setup() -> (MmioTransport, Arc<Mutex<Probe>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let probe = Arc::new(Mutex::new(Probe::default()));
         let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
         (MmioTransport::new(probe.clone(), irq, mem), probe)
     }
 
-    fn r(t: &mut MmioTransport, offset: u64) -> u32 {
+    pub(super) fn r(t: &mut MmioTransport, offset: u64) -> u32 {
         let mut b = [0u8; 4];
         t.read(offset, &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn w(t: &mut MmioTransport, offset: u64, v: u32) {
+    pub(super) fn w(t: &mut MmioTransport, offset: u64, v: u32) {
         t.write(offset, &v.to_le_bytes());
     }
 
     /// Negotiate `features` and set up both queues at sane addresses with `size`.
-    fn drive(t: &mut MmioTransport, features: u64, size: u32) {
+    pub(super) fn drive(t: &mut MmioTransport, features: u64, size: u32) {
         w(t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, 0x024, 0);
         w(t, 0x020, u32::try_from(features & 0xffff_ffff).unwrap());
@@ -346,7 +356,8 @@ mod tests {
         }
     }
 
-    const ALL: u32 = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+    pub(super) const ALL: u32 =
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
 
     #[test]
     fn identifies_itself_and_offers_version_1() {
