@@ -42,8 +42,13 @@ containers() {
     echo "== gureum run --bundle BUNDLE demo-vm (microVM isolation) on this host:"
     "$gureum" run --bundle "$bundle" "demo-vm-$$" || true
     echo "== the same in the KVM test machine (kvm_amd under QEMU's software emulation; its timings are emulated):"
-    echo "   scripts/kvm-machine.sh -- gureum run --phases --bundle BUNDLE demo-vm"
-    "$root/scripts/kvm-machine.sh" --timeout 300 -- "$gureum" run --phases --bundle "$bundle" "demo-vm-$$"
+    echo "   booted cold, then warm twice (the first makes the template snapshot, the second only restores it)"
+    # shellcheck disable=SC2016
+    "$root/scripts/kvm-machine.sh" --timeout 400 -- bash -c '
+      for boot in cold warm warm; do
+        echo "-- gureum run --phases --bundle BUNDLE demo-vm ($boot)"
+        GUREUM_SANDBOX_BOOT=$boot "$1" run --phases --bundle "$2" "demo-vm-$boot-$RANDOM"
+      done' demo "$gureum" "$bundle"
   fi
   [ -n "${guest:-}" ] && guest_args=(--test-guest "$guest")
   echo "== gureum bench compare --runs 10 --density 10 (files under target/bench-compare)"

@@ -396,6 +396,10 @@ pub struct RestoreArgs {
     /// needs its own).
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<PathBuf>,
+    /// Another image for disk N of the snapshot (0: the first), as N=PATH. Repeat for more.
+    /// The guest is told the disk changed; what it cached of the old one it must drop.
+    #[arg(long, value_name = "N=PATH", value_parser = disk_override)]
+    pub disk: Vec<(usize, PathBuf)>,
     /// Stop the guest after this many seconds and exit 124.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
@@ -405,6 +409,16 @@ pub struct RestoreArgs {
     /// Run without the VMM's seccomp filter (for debugging).
     #[arg(long)]
     pub no_seccomp: bool,
+}
+
+fn disk_override(arg: &str) -> Result<(usize, PathBuf), String> {
+    let (n, path) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not N=PATH"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a disk number"))?;
+    Ok((n, PathBuf::from(path)))
 }
 
 impl RestoreArgs {
@@ -418,6 +432,7 @@ impl RestoreArgs {
                 snapshot: self.snapshot.clone(),
                 mem: self.mem.clone(),
                 vsock_uds: self.vsock_uds.clone(),
+                disks: self.disk.clone(),
             }),
             ..BootRequest::default()
         }

@@ -121,7 +121,8 @@ fn every_vm_kind_is_measured_where_linux_guests_run() {
     let guest = common::test_guest().to_str().unwrap().to_string();
     let standin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/firecracker-standin.sh");
-    let kinds = "native,runc,sandbox,microvm,qemu-microvm,microvm-test-guest,firecracker";
+    let kinds =
+        "native,runc,sandbox,sandbox-cold,microvm,qemu-microvm,microvm-test-guest,firecracker";
     let standin = standin.to_str().unwrap();
     let run = compare(
         &[

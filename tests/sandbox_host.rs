@@ -162,3 +162,63 @@ fn a_sandbox_whose_agent_never_answers_fails_with_the_vmm_s_threads() {
     }
     b.assert_gone(&id);
 }
+
+/// A sandbox of `b` as `id`, created and started with its output in a file: how it booted
+/// (its state's `boot`: "warm", or "cold: why") and, once it has stopped, what it printed.
+fn boot_kind_and_output(b: &Bundle, id: &str) -> (String, String) {
+    let out = b.dir.join(format!("{id}.out"));
+    b.create_and_start(id, std::fs::File::create(&out).unwrap().into());
+    let kind = std::fs::read_to_string(b.root.join(id).join("boot")).unwrap_or_default();
+    common::bundle::wait_for_status(b, id, "stopped");
+    let deleted = b.gureum(&["delete", id]);
+    assert_eq!(deleted.code, Some(0), "{}", deleted.describe());
+    b.assert_gone(id);
+    (
+        kind.trim().to_string(),
+        std::fs::read_to_string(out).unwrap(),
+    )
+}
+
+/// Sandboxes start warm by default: from a template snapshot of a booted guest (made on first
+/// use), with the container's disk in place of the template's, this host's time and entropy
+/// of their own (two warm sandboxes draw different bytes). A cold one (`gureum.vm.boot=cold`)
+/// runs the same process the same way.
+#[test]
+#[ignore = "boots a Linux guest: hardware KVM or the KVM test machine (scripts/test.sh runs it there)"]
+fn warm_sandboxes_restore_a_template_and_take_this_host_s_time_and_their_own_entropy() {
+    let script = "date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                  ls /bin/busybox";
+    let process = serde_json::json!({"args": ["sh", "-c", script]});
+    let b = Bundle::with_isolation("warm", process.clone(), "vm");
+    let host_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let mut drawn = Vec::new();
+    for n in 0..2 {
+        let before = host_now();
+        let (kind, out) = boot_kind_and_output(&b, &id(&format!("warm{n}")));
+        assert_eq!(kind, "warm", "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        let guest_now: u64 = lines[0].parse().unwrap();
+        assert!(
+            guest_now >= before && guest_now <= host_now() + 1,
+            "the guest's clock says {guest_now}, this host's {before}..{}",
+            host_now()
+        );
+        assert_eq!(lines[1].len(), 32, "{out}");
+        assert_eq!(lines[2], "/bin/busybox");
+        drawn.push(lines[1].to_string());
+    }
+    assert_ne!(drawn[0], drawn[1], "two warm sandboxes drew the same bytes");
+
+    b.config(process, |c| {
+        c["annotations"] = serde_json::json!({"gureum.vm.boot": "cold"});
+    });
+    let (kind, out) = boot_kind_and_output(&b, &id("cold"));
+    assert_eq!(kind, "cold: asked for", "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

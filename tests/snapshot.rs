@@ -340,7 +340,9 @@ fn a_restored_linux_guest_keeps_its_files_and_its_shell_answers() {
     ];
     let mut vm = Vm::spawn_typed(&dir, "boot.txt", &args);
     vm.wait_for("gureum-init: shell on the console", Duration::from_secs(60));
-    vm.type_line("echo kept-$((20+1)) > /tmp/f; mount -o ro /dev/vda /mnt && cat /mnt/first");
+    vm.type_line(
+        "echo kept-$((20+1)) > /tmp/f; mkdir -p /mnt; mount -o ro /dev/vda /mnt && cat /mnt/first",
+    );
     vm.wait_for("\nread-before", Duration::from_secs(30));
     pause_snapshot_kill(vm, &dir);
 

@@ -55,7 +55,16 @@ fn listen(path: &str) -> Result<(), String> {
     runner::serve(conn, writer, true).map_err(|e| e.to_string())
 }
 
+/// Whether this agent is a guest's init: only then is the whole machine its own (its clock, its
+/// entropy pool, its block devices' caches), not the host's that a native agent runs on.
+static GUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn is_guest() -> bool {
+    GUEST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn init() -> Result<(), String> {
+    GUEST.store(true, std::sync::atomic::Ordering::Relaxed);
     runner::mount("proc", "/proc", "proc", 0, "")?;
     runner::mount("sysfs", "/sys", "sysfs", 0, "")?;
     runner::mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;

@@ -48,6 +48,9 @@ fn spawn(spec: &RunSpec, main: bool) -> Result<(Child, Option<OwnedFd>), (String
     if spec.root.is_none() && !spec.cwd.is_empty() && !Path::new(&spec.cwd).is_dir() {
         return Err((format!("cwd {} is not a directory", spec.cwd), 126));
     }
+    if main && crate::is_guest() {
+        fresh_start(spec).map_err(|why| (why, 126))?;
+    }
     let root = match &spec.root {
         Some(device) => Some(mount_root(device, spec).map_err(|why| (why, 126))?),
         None => None,
@@ -191,6 +194,59 @@ fn confine(cmd: &mut Command, spec: &RunSpec) {
     }
 }
 
+/// A guest that may be a clone of a snapshot: its clock set from the host's, the host's random
+/// bytes mixed into its entropy pool (and counted, so the pool is ready at once).
+fn fresh_start(spec: &RunSpec) -> Result<(), String> {
+    if let Some((secs, nanos)) = spec.clock {
+        let now = libc::timespec {
+            tv_sec: secs,
+            tv_nsec: i64::from(nanos),
+        };
+        // SAFETY: clock_settime reads a live timespec.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &now) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(format!("cannot set the guest's clock: {e}"));
+        }
+    }
+    if !spec.seed.is_empty() {
+        add_entropy(&spec.seed).map_err(|e| format!("cannot seed the guest's RNG: {e}"))?;
+    }
+    Ok(())
+}
+
+/// RNDADDENTROPY: `bytes` into the kernel's pool, credited with their bits.
+fn add_entropy(bytes: &[u8]) -> io::Result<()> {
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let count = i32::try_from(bytes.len() * 8).unwrap_or(i32::MAX);
+    let size = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&count.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // SAFETY: the ioctl reads a rand_pool_info of 8 + buf_size bytes from a live buffer.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Drops what the guest cached of block device `device` (BLKFLSBUF): a warm sandbox's disks
+/// were empty placeholders when its guest booted, and are the container's images now.
+fn forget_cached(device: &str) -> Result<(), String> {
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    let dev = std::fs::File::open(device).map_err(|e| format!("cannot open {device}: {e}"))?;
+    // SAFETY: BLKFLSBUF takes no argument.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(format!("cannot drop the cache of {device}: {e}"));
+    }
+    Ok(())
+}
+
 /// Mounts the container's root filesystem from `device` at /run/gureum/rootfs, once: later
 /// requests (exec sessions) share it. Writable through an overlay on a tmpfs unless
 /// `readonly`, so the disk itself (a cached image, attached read-only) never changes.
@@ -210,6 +266,9 @@ fn mount_root(device: &str, spec: &RunSpec) -> Result<String, String> {
 /// under `target`, the mount point made as a file or directory like its source.
 fn mount_binds(binds: &Binds, target: &str) -> Result<(), String> {
     let disk = format!("{}/binds", base());
+    if crate::is_guest() {
+        forget_cached(&binds.device)?;
+    }
     mount(&binds.device, &disk, "ext4", libc::MS_RDONLY, "")?;
     for (i, destination) in binds.destinations.iter().enumerate() {
         let source = format!("{disk}/{i}");
@@ -240,6 +299,9 @@ fn mount_root_once(device: &str, readonly: bool) -> Result<String, String> {
     } else {
         format!("{base}/lower")
     };
+    if crate::is_guest() {
+        forget_cached(device)?;
+    }
     mount(device, &lower, "ext4", libc::MS_RDONLY, "")?;
     if !readonly {
         let rw = format!("{base}/rw");

@@ -107,6 +107,15 @@ pub struct RunSpec {
     /// The config's bind mounts, copied from the host onto a read-only disk of their own.
     #[serde(default)]
     pub binds: Option<Binds>,
+    /// The host's time as it sent this (seconds and nanoseconds since the epoch): a guest
+    /// restored from a snapshot sets its clock from it, since its own says when the snapshot
+    /// was made. Only a guest's agent (PID 1 of the VM) applies it.
+    #[serde(default)]
+    pub clock: Option<(i64, u32)>,
+    /// Random bytes from the host for the guest's entropy pool: two clones of one snapshot
+    /// would otherwise draw the same random numbers. Only a guest's agent applies them.
+    #[serde(default)]
+    pub seed: Vec<u8>,
 }
 
 /// A sandbox's bind mounts: `device` (ext4) holds one entry per mount, named by its index,

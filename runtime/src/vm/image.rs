@@ -159,7 +159,7 @@ fn known(dir: &Path, index: &Path) -> Option<PathBuf> {
 }
 
 /// An exclusive lock on `path` (created if need be), held while the file stays open.
-fn lock(path: &Path) -> Result<std::fs::File, Error> {
+pub(super) fn lock(path: &Path) -> Result<std::fs::File, Error> {
     use std::os::fd::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -5,18 +5,20 @@
 //! inherited from `create`, turns signals it receives into Signal frames, and exits with the
 //! process's status. `exec` is one more agent connection. The VMM dies with its monitor.
 
+mod agent;
 mod binds;
 mod image;
 pub mod network;
 pub mod sockets;
 mod threads;
+mod warm;
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gureum_process::client;
@@ -62,6 +64,8 @@ pub enum Error {
     Boot(String),
     #[error("the sandbox's agent")]
     Agent(#[from] client::Error),
+    #[error("the sandbox's agent: {0}; {1}")]
+    AgentSaid(#[source] client::Error, String),
     #[error("the sandbox's VM")]
     Config(#[from] gureum_vmm::config::Error),
 }
@@ -153,24 +157,43 @@ pub fn create(
     let exe = standin_vmm()
         .or_else(gureum_vmm::boot::vmm_exe)
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let config = gureum_vmm::config::VmOverrides {
-        kernel: Some(kernel),
-        initrd: Some(initrd),
-        cmdline: Some(format!(
-            "{} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}",
-            gureum_vmm::config::DEFAULT_CMDLINE
-        )),
-        vcpus: Some(vcpus),
-        memory_mib: Some(memory),
-        disks: Some(disks),
-        vsock: Some(gureum_vmm::config::VsockConfig {
-            cid: 3,
-            uds: sockets::vsock(dir),
-        }),
-        ..Default::default()
-    }
-    .into_config()?;
-    let vmm = gureum_vmm::boot::launch(&exe, &config, &dir.join("vm.json")).map_err(Error::Sys)?;
+    let cmdline = format!(
+        "{} gureum.agent=vsock:{AGENT_PORT} gureum.ready=vsock:{READY_PORT}",
+        gureum_vmm::config::DEFAULT_CMDLINE
+    );
+    let uds = sockets::vsock(dir);
+    let guest = warm::Guest {
+        exe: &exe,
+        kernel: &kernel,
+        initrd: &initrd,
+        cmdline: &cmdline,
+        memory_mib: memory,
+        vcpus,
+    };
+    let (vmm, warm) = match warm_template(bundle, &guest) {
+        Ok(template) => {
+            let binds = disks.get(1).map(|d| d.path.as_path());
+            let _ = std::fs::write(dir.join("boot"), "warm\n");
+            (template.restore(&exe, &disks[0].path, binds, &uds), true)
+        }
+        Err(why) => {
+            let _ = std::fs::write(dir.join("boot"), format!("cold: {why}\n"));
+            let config = gureum_vmm::config::VmOverrides {
+                kernel: Some(kernel),
+                initrd: Some(initrd),
+                cmdline: Some(cmdline),
+                vcpus: Some(vcpus),
+                memory_mib: Some(memory),
+                disks: Some(disks),
+                vsock: Some(gureum_vmm::config::VsockConfig { cid: 3, uds }),
+                ..Default::default()
+            }
+            .into_config()?;
+            let file = dir.join("vm.json");
+            let vmm = gureum_vmm::boot::launch(&exe, &config, &file).map_err(Error::Sys)?;
+            (vmm, false)
+        }
+    };
     let (master, tty) = match bundle.process.terminal {
         true => gureum_process::pty::open_pair(c"/dev/ptmx")
             .map(|(m, s)| (Some(m), Some(s)))
@@ -194,7 +217,7 @@ pub fn create(
         let mut spec = bundle.process.clone();
         spec.root = Some("/dev/vda".into());
         spec.binds = binds;
-        monitor(vmm, &spec, dir, cgroup, report_w, tty);
+        monitor(vmm, &spec, dir, cgroup, report_w, tty, warm);
     }
     drop(report_w);
     drop(tty);
@@ -213,7 +236,23 @@ pub fn create(
     }))
 }
 
-/// The monitor process. Never returns.
+/// A warm start's template, unless this sandbox boots cold: the config's annotation
+/// `gureum.vm.boot=cold`, `GUREUM_SANDBOX_BOOT=cold`, the stand-in VMM (tests, no snapshots),
+/// or a template that cannot be made (why).
+fn warm_template(bundle: &Bundle, guest: &warm::Guest<'_>) -> Result<warm::Template, String> {
+    let asked = bundle.annotations.get("gureum.vm.boot").cloned();
+    let asked = asked.or_else(|| std::env::var("GUREUM_SANDBOX_BOOT").ok());
+    if asked.as_deref() == Some("cold") {
+        return Err("asked for".into());
+    }
+    if standin_vmm().is_some() {
+        return Err("the stand-in VMM takes no snapshots".into());
+    }
+    warm::template(&cache(), guest).map_err(|e| gureum_vmm::boot::chain(&e))
+}
+
+/// The monitor process. Never returns. `warm`: the VMM restores a snapshot whose agent already
+/// listens, and says nothing when it is up.
 fn monitor(
     mut vmm: Command,
     spec: &Process,
@@ -221,6 +260,7 @@ fn monitor(
     cgroup: &Cgroup,
     report: OwnedFd,
     tty: Option<OwnedFd>,
+    warm: bool,
 ) -> ! {
     let fail = |why: String| -> ! {
         let _ = write_all(report.as_raw_fd(), format!("E{why}").as_bytes());
@@ -264,7 +304,12 @@ fn monitor(
         .unwrap_or_else(|e| fail(format!("cannot run the VMM: {e}")));
     let spawned = monotonic_us();
     let within = AGENT_DEADLINE * gureum_vmm::host_check::slowdown();
-    let answered = connect(&uds, &ready, &mut child, within);
+    // A restored agent already listens: knock at once and often. A booting one says when.
+    let knock = match warm {
+        true => Duration::from_millis(2),
+        false => Duration::from_millis(250),
+    };
+    let answered = agent::connect(&uds, &ready, &mut child, within, knock);
     drop(ready);
     let _ = std::fs::remove_file(&ready_path);
     let conn = match answered {
@@ -272,7 +317,7 @@ fn monitor(
         Err(why) => {
             let _ = child.kill();
             let _ = child.wait();
-            fail(format!("{why}; {}", console_tail(&log, 12)))
+            fail(format!("{why}; {}", agent::console_tail(&log, 12)))
         }
     };
     // KVM's own kernel thread for the VM joined the VMM's cgroup: not the container's, and
@@ -298,8 +343,8 @@ fn monitor(
     };
     // The agent restarts the guest when the process ends; give the VMM a moment to exit.
     let within = Duration::from_secs(2) * gureum_vmm::host_check::slowdown();
-    match pidfd(child.id()) {
-        Some(exited) => wait_readable(&[], Some(&exited), within),
+    match agent::pidfd(child.id()) {
+        Some(exited) => agent::wait_readable(&[], Some(&exited), within),
         None => {
             let deadline = Instant::now() + within;
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
@@ -310,105 +355,6 @@ fn monitor(
     let _ = child.kill();
     let _ = child.wait();
     std::process::exit(status)
-}
-
-/// The last `n` lines of the guest console at `log`, indented, for an error that must say why
-/// a guest did not come up (the state directory, and the log with it, goes away).
-fn console_tail(log: &Path, n: usize) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return "the guest console printed nothing".into();
-    }
-    let tail = lines
-        .get(lines.len().saturating_sub(n)..)
-        .unwrap_or_default();
-    format!(
-        "the guest console's last lines:\n    {}",
-        tail.join("\n    ")
-    )
-}
-
-/// Connects to the agent through the vsock device's Unix socket (Firecracker's CONNECT), once
-/// the agent has said it listens (a connection to `ready`). Knocking on a booting guest costs
-/// it a packet and an interrupt each time, so without that word it tries only every 250 ms.
-fn connect(
-    uds: &Path,
-    ready: &UnixListener,
-    vmm: &mut Child,
-    within: Duration,
-) -> Result<UnixStream, String> {
-    const FALLBACK: Duration = Duration::from_millis(250);
-    let start = Instant::now();
-    let mut next_try = start + FALLBACK;
-    // Woken by the agent's word or the VMM's exit, not by a clock: every wakeup of a
-    // monitor is a timer tick the host pays for, fifty at once on an emulated host.
-    let exited = pidfd(vmm.id());
-    loop {
-        if let Ok(Some(status)) = vmm.try_wait() {
-            return Err(format!(
-                "the VMM exited ({status}) before the agent answered"
-            ));
-        }
-        let told = ready.accept().is_ok();
-        if told || Instant::now() >= next_try {
-            if let Ok(conn) = try_connect(uds) {
-                return Ok(conn);
-            }
-            next_try = Instant::now() + FALLBACK;
-        }
-        let Some(left) = within.checked_sub(start.elapsed()) else {
-            let threads = threads::describe(vmm.id(), Duration::from_secs(1));
-            return Err(format!(
-                "the agent did not answer within {within:?}; {threads}"
-            ));
-        };
-        let wait = next_try.saturating_duration_since(Instant::now()).min(left);
-        wait_readable(&[ready.as_raw_fd()], exited.as_ref(), wait);
-    }
-}
-
-/// A descriptor that becomes readable when process `pid` exits (pidfd_open), if the kernel
-/// has them.
-fn pidfd(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) on a pid, no flags; a valid result is a fresh fd we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: a fresh fd nobody else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Blocks until one of `fds` (or `pidfd`) is readable, or `within` passes.
-fn wait_readable(fds: &[i32], pidfd: Option<&OwnedFd>, within: Duration) {
-    let mut set: Vec<libc::pollfd> = (fds.iter().copied())
-        .chain(pidfd.map(AsRawFd::as_raw_fd))
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX).max(1);
-    let n = libc::nfds_t::try_from(set.len()).unwrap_or_default();
-    // SAFETY: poll on live descriptors, for at most `ms`.
-    unsafe { libc::poll(set.as_mut_ptr(), n, ms) };
-}
-
-fn try_connect(uds: &Path) -> std::io::Result<UnixStream> {
-    let mut conn = UnixStream::connect(uds)?;
-    conn.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())?;
-    // Read the answer a byte at a time: what follows it is the agent's.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while conn.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    if line.starts_with(b"OK ") {
-        Ok(conn)
-    } else {
-        Err(std::io::ErrorKind::ConnectionRefused.into())
-    }
 }
 
 /// Makes `tty` (a pty's slave) this process's controlling terminal, so that its window size
@@ -442,6 +388,13 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>, console: &Path
     let mut spec = spec.clone();
     spec.terminal = tty.is_some();
     spec.winsize = tty.as_ref().and_then(gureum_process::pty::winsize);
+    // A warm sandbox's guest is a clone of a snapshot: it takes the time and fresh entropy
+    // from here (a cold one sets the same time and gains the bytes).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    spec.clock = now
+        .ok()
+        .and_then(|d| Some((i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())));
+    spec.seed = agent::random_bytes(32);
     if let Ok(signals) = crate::sys::wait::HeldSignals::hold() {
         let w = writer.clone();
         let tty = tty.as_ref().and_then(|t| t.try_clone().ok());
@@ -481,7 +434,7 @@ fn relay(conn: UnixStream, spec: &Process, tty: Option<&OwnedFd>, console: &Path
             ended.status
         }
         Err(e) => {
-            let tail = console_tail(console, 12);
+            let tail = agent::console_tail(console, 12);
             let _ = writeln!(
                 err,
                 "gureum: the sandbox ended without an exit status: {e}; {tail}"
@@ -500,7 +453,7 @@ pub fn exec(dir: &Path, process: &Process, tty: Option<OwnedFd>) -> Result<i32, 
 
 /// A new agent connection for `process`, which runs on the container's root disk.
 fn session(dir: &Path, process: &Process) -> Result<(UnixStream, Process), Error> {
-    let conn = try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
+    let conn = agent::try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
     let mut spec = process.clone();
     spec.root = Some("/dev/vda".into());
     Ok((conn, spec))
@@ -508,8 +461,9 @@ fn session(dir: &Path, process: &Process) -> Result<(UnixStream, Process), Error
 
 /// `kill --all` in a sandbox: the agent signals every process of the guest.
 pub fn signal_all(dir: &Path, sig: i32) -> Result<(), Error> {
-    let conn = try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
-    Ok(client::signal_all(conn, sig)?)
+    let conn = agent::try_connect(&sockets::vsock(dir)).map_err(Error::Sys)?;
+    client::signal_all(conn, sig)
+        .map_err(|e| Error::AgentSaid(e, agent::console_tail(&dir.join("console.log"), 8)))
 }
 
 /// `exec -d` in a sandbox: a process of ours relays the session (stdio, signals, terminal) and
@@ -543,24 +497,4 @@ pub fn phases(dir: &Path) -> Vec<(&'static str, u64)> {
     .into_iter()
     .filter_map(|(k, v)| Some((k, v?)))
     .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_failed_start_names_the_console_s_last_lines() {
-        let log = std::env::temp_dir().join(format!("gureum-console-{}", std::process::id()));
-        std::fs::write(&log, "one\n\ntwo\nthree\nKernel panic - not syncing\n").unwrap();
-        let tail = super::console_tail(&log, 2);
-        assert_eq!(
-            tail,
-            "the guest console's last lines:\n    three\n    Kernel panic - not syncing"
-        );
-        std::fs::write(&log, "").unwrap();
-        assert_eq!(
-            super::console_tail(&log, 2),
-            "the guest console printed nothing"
-        );
-        std::fs::remove_file(&log).unwrap();
-    }
 }

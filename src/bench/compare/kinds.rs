@@ -18,6 +18,7 @@ pub enum Kind {
     Runc,
     Runsc,
     Sandbox,
+    SandboxCold,
     MicroVm,
     QemuMicroVm,
     TestGuestVm,
@@ -25,11 +26,12 @@ pub enum Kind {
     Firecracker,
 }
 
-pub const ALL: [Kind; 9] = [
+pub const ALL: [Kind; 10] = [
     Kind::Native,
     Kind::Runc,
     Kind::Runsc,
     Kind::Sandbox,
+    Kind::SandboxCold,
     Kind::MicroVm,
     Kind::QemuMicroVm,
     Kind::TestGuestVm,
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Runc => "runc",
             Kind::Runsc => "runsc",
             Kind::Sandbox => "sandbox",
+            Kind::SandboxCold => "sandbox-cold",
             Kind::MicroVm => "microvm",
             Kind::QemuMicroVm => "qemu-microvm",
             Kind::TestGuestVm => "microvm-test-guest",
@@ -57,7 +60,8 @@ impl Kind {
             Kind::Native => "container, gureum native isolation",
             Kind::Runc => "container, runc",
             Kind::Runsc => "container, gVisor runsc",
-            Kind::Sandbox => "container in a gureum microVM sandbox",
+            Kind::Sandbox => "container in a gureum microVM sandbox (warm: a snapshot restored)",
+            Kind::SandboxCold => "container in a gureum microVM sandbox, booted cold",
             Kind::MicroVm => "gureum microVM: default kernel + initramfs to init",
             Kind::QemuMicroVm => "QEMU microvm: same kernel + initramfs",
             Kind::TestGuestVm => "gureum microVM: test guest (no Linux)",
@@ -122,7 +126,11 @@ impl Setup {
             Kind::Firecracker if self.firecracker.is_none() => Some(
                 "no --firecracker given (the path of a Firecracker binary to compare with)".into(),
             ),
-            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker
+            Kind::Sandbox
+            | Kind::SandboxCold
+            | Kind::MicroVm
+            | Kind::QemuMicroVm
+            | Kind::Firecracker
                 if self.kvm == KvmKind::Pvm =>
             {
                 Some(pvm.into())
@@ -130,9 +138,11 @@ impl Setup {
             Kind::QemuMicroVm | Kind::QemuTestGuest if !installed("qemu-system-x86_64") => {
                 Some("qemu-system-x86_64 is not installed".into())
             }
-            Kind::Sandbox | Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker => {
-                missing(&self.kernel).or_else(|| missing(&self.initramfs))
-            }
+            Kind::Sandbox
+            | Kind::SandboxCold
+            | Kind::MicroVm
+            | Kind::QemuMicroVm
+            | Kind::Firecracker => missing(&self.kernel).or_else(|| missing(&self.initramfs)),
             Kind::TestGuestVm | Kind::QemuTestGuest => match &self.test_guest {
                 None => Some("no --test-guest given".into()),
                 Some(p) => missing(p),
@@ -154,12 +164,15 @@ impl Setup {
             c
         };
         Ok(match kind {
-            Kind::Native | Kind::Sandbox => {
+            Kind::Native | Kind::Sandbox | Kind::SandboxCold => {
                 let mut c = gureum();
                 let isolation = if kind == Kind::Native { "native" } else { "vm" };
                 c.args(["--isolation", isolation, "run", "--phases", "--bundle"])
                     .arg(bundle)
                     .arg(id);
+                if kind == Kind::SandboxCold {
+                    c.env("GUREUM_SANDBOX_BOOT", "cold");
+                }
                 c
             }
             Kind::Runc | Kind::Runsc => {
@@ -224,7 +237,7 @@ impl Setup {
     pub fn stop(&self, kind: Kind, id: &str, child: &mut std::process::Child) {
         if matches!(
             kind,
-            Kind::Native | Kind::Sandbox | Kind::Runc | Kind::Runsc
+            Kind::Native | Kind::Sandbox | Kind::SandboxCold | Kind::Runc | Kind::Runsc
         ) {
             let mut c = match kind {
                 Kind::Runc | Kind::Runsc => {

@@ -51,6 +51,8 @@ pub enum Error {
          directory): write the snapshot there"
     )]
     OutsideJail(PathBuf, PathBuf),
+    #[error("the snapshot has no disk {0} to replace (it has {1})")]
+    NoDisk(usize, usize),
     #[error("the snapshot has no vsock device to give --vsock-uds to")]
     NoVsock,
     #[error("the snapshot has {0} virtio devices, its config {1}")]

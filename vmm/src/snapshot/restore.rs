@@ -23,6 +23,10 @@ pub struct RestoreFrom {
     pub mem: PathBuf,
     /// The vsock device's socket (two clones of one snapshot cannot share one).
     pub vsock_uds: Option<PathBuf>,
+    /// Other images for the snapshot's disks, by their place in its config (0: the first).
+    /// The guest is told its disk changed (a config interrupt: it reads the new capacity);
+    /// what it has cached of the old one is its to drop (a warm sandbox's agent does).
+    pub disks: Vec<(usize, PathBuf)>,
 }
 
 impl Vmm {
@@ -36,6 +40,11 @@ impl Vmm {
                 return Err(Error::NoVsock);
             };
             vsock.uds.clone_from(uds);
+        }
+        for (index, path) in &from.disks {
+            let count = s.config.disks.len();
+            let disk = (s.config.disks.get_mut(*index)).ok_or(Error::NoDisk(*index, count))?;
+            disk.path.clone_from(path);
         }
         let kvm = Kvm::new().map_err(vmm::Error::OpenKvm)?;
         vmm::check_host(&kvm, s.config.vcpus)?;
@@ -73,9 +82,14 @@ impl Vmm {
             return Err(Error::DeviceCount(s.devices.len(), virtio.transports.len()));
         }
         for (slot, (transport, saved)) in virtio.transports.iter().zip(&s.devices).enumerate() {
-            gureum_devices::bus::lock(transport)
+            let mut transport = gureum_devices::bus::lock(transport);
+            transport
                 .restore(slot, saved)
                 .map_err(Error::RestoreDevice)?;
+            // Disks come first in the config, so a disk's index is its device slot.
+            if from.disks.iter().any(|(index, _)| *index == slot) {
+                transport.config_changed();
+            }
         }
         Ok(Vmm {
             kvm,

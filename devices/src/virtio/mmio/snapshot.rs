@@ -1,7 +1,7 @@
 //! A transport's state for a snapshot, and its restore.
 
-use super::super::INT_USED_RING;
 use super::super::state::{RestoreError, TransportSnapshot};
+use super::super::{INT_CONFIG, INT_USED_RING};
 use super::{MmioTransport, STATUS_DRIVER_OK, STATUS_NEEDS_RESET};
 use crate::bus::lock;
 
@@ -32,6 +32,15 @@ impl MmioTransport {
             refused: self.refused.clone(),
             queues,
         })
+    }
+
+    /// Tells the driver the device's configuration changed (a restored disk that is another
+    /// image, another size): a config interrupt, and a new generation.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.started() {
+            self.interrupt.signal(INT_CONFIG);
+        }
     }
 
     /// Puts this (fresh) transport, and its device, in the state `s` recorded; `slot` names
