@@ -147,3 +147,180 @@ fn the_socket_is_one_vm_s_and_goes_with_it() {
     again.wait_for_count(1);
     assert_eq!(again.curl("GET", "/", None).0, 200);
 }
+
+/// Waits until the API socket answers (a VM waiting to be configured prints nothing).
+fn wait_for_api(vm: &Vm) {
+    let deadline = std::time::Instant::now() + common::scaled(Duration::from_secs(10));
+    while std::os::unix::net::UnixStream::connect(&vm.sock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", vm.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `--api-sock` alone: the VM waits to be configured through the API, as Firecracker's does:
+/// boot source and machine config, then InstanceStart. What cannot start says why in a 400,
+/// and the configuration can be fixed and started again.
+#[test]
+fn a_vm_configured_through_the_api_starts_on_instance_start() {
+    require_kvm!();
+    let dir = scratch("api-setup");
+    let vm = Vm::spawn_typed(&dir, "setup.txt", &["boot"]);
+    wait_for_api(&vm);
+    let (code, body) = vm.curl("GET", "/", None);
+    assert_eq!(
+        (code, json(&body)["state"].as_str()),
+        (200, Some("Not started"))
+    );
+    for (method, path, body, says) in [
+        ("PATCH", "/vm", r#"{"state": "Paused"}"#, "before starting"),
+        (
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#,
+            "differ",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1}"#,
+            "mem_size_mib",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": "/x", "bogus": 1}"#,
+            "unknown field",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#,
+            "cannot start the microVM: no kernel",
+        ),
+    ] {
+        let (code, answer) = vm.curl(method, path, Some(body));
+        assert_eq!(code, 400, "{method} {path}: {answer}");
+        let fault = json(&answer)["fault_message"].as_str().unwrap().to_string();
+        assert!(fault.contains(says), "{method} {path}: {fault}");
+    }
+    let missing = r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#;
+    assert_eq!(vm.curl("PUT", "/boot-source", Some(missing)).0, 204);
+    let (code, answer) = vm.curl(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("/nonexistent/vmlinux"), "{answer}");
+
+    let boot = serde_json::json!({"kernel_image_path": test_guest(),
+        "boot_args": "console=ttyS0 scenario=count every=67108864"});
+    assert_eq!(
+        vm.curl("PUT", "/boot-source", Some(&boot.to_string())).0,
+        204
+    );
+    let machine = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    assert_eq!(vm.curl("PUT", "/machine-config", Some(machine)).0, 204);
+    assert_eq!(
+        vm.curl("PATCH", "/machine-config", Some(r#"{"vcpu_count": 3}"#))
+            .0,
+        204
+    );
+    let (_, body) = vm.curl("GET", "/machine-config", None);
+    let config = json(&body);
+    assert_eq!(
+        (
+            config["vcpu_count"].as_u64(),
+            config["mem_size_mib"].as_u64()
+        ),
+        (Some(3), Some(64))
+    );
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(
+        vm.curl("PUT", "/actions", Some(start)),
+        (204, String::new())
+    );
+    vm.wait_for_count(2);
+    assert!(vm.console().contains("cpus: 3"), "{}", vm.console());
+    let (code, body) = vm.curl("GET", "/", None);
+    assert_eq!(
+        (code, json(&body)["state"].as_str()),
+        (200, Some("Running"))
+    );
+    assert_eq!(
+        vm.curl("PUT", "/boot-source", Some(&boot.to_string())).0,
+        400
+    );
+}
+
+/// `PUT /snapshot/load` into a VM waiting for the API: paused unless `resume_vm`, then on from
+/// where the snapshot was. Flags meant for a VM the API configures are refused in one line.
+#[test]
+fn a_snapshot_loads_through_the_api_paused_and_resumes_where_it_was() {
+    require_kvm!();
+    let dir = scratch("api-load");
+    let mut vm = Vm::start(&dir, &[]);
+    vm.wait_for_count(2);
+    let (state, mem) = (dir.join("s"), dir.join("m"));
+    let out = common::output_of(
+        Command::new(GUREUM)
+            .args(["snapshot", "--leave-paused", "--api-sock"])
+            .arg(&vm.sock)
+            .arg("--snapshot")
+            .arg(&state)
+            .arg("--mem")
+            .arg(&mem),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let before = vm.console();
+    let last = *vm.counts().last().unwrap();
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+
+    let loaded = Vm::spawn_typed(&dir, "loaded.txt", &["boot"]);
+    wait_for_api(&loaded);
+    let load = serde_json::json!({"snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem}});
+    assert_eq!(
+        loaded.curl("PUT", "/snapshot/load", Some(&load.to_string())),
+        (204, String::new())
+    );
+    let (_, body) = loaded.curl("GET", "/", None);
+    assert_eq!(json(&body)["state"].as_str(), Some("Paused"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(loaded.counts().is_empty(), "{}", loaded.console());
+    assert_eq!(
+        loaded
+            .curl("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+            .0,
+        204
+    );
+    loaded.wait_for_count(last + 2);
+    let whole = format!("{before}{}", loaded.console());
+    let counts: Vec<u64> = whole
+        .lines()
+        .filter_map(|l| l.strip_prefix("count: ")?.parse().ok())
+        .collect();
+    assert_eq!(
+        counts,
+        (1..=counts.len() as u64).collect::<Vec<_>>(),
+        "{whole}"
+    );
+
+    let out = common::output_of(
+        Command::new(GUREUM)
+            .args(["boot", "--vcpus", "2", "--api-sock"])
+            .arg(dir.join("x.sock")),
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("configured through the API"),
+        "{}",
+        out.describe()
+    );
+    assert!(!dir.join("x.sock").exists());
+}

@@ -214,7 +214,7 @@ fn fresh_start(spec: &RunSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// RNDADDENTROPY: `bytes` into the kernel's pool, credited with their bits.
+/// RNDADDENTROPY: `bytes` into the kernel's pool, credited with their bits; then a reseed.
 fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
     let random = std::fs::OpenOptions::new()
@@ -229,6 +229,13 @@ fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     info.extend_from_slice(bytes);
     // SAFETY: the ioctl reads a rand_pool_info of 8 + buf_size bytes from a live buffer.
     if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Crediting alone does not rekey a pool that is already ready (Linux reseeds on its own
+    // clock): RNDRESEEDCRNG makes the next random bytes depend on what was just added.
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -27,6 +27,13 @@ pub enum Error {
     Api(#[from] crate::api::server::Error),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::Error),
+    #[error(
+        "with --api-sock and no --kernel or --config, the VM is configured through the API: \
+         pass its other settings there, or give --kernel"
+    )]
+    FlagsWithoutKernel,
+    #[error("the API socket's event loop")]
+    ApiLoop(#[source] event_manager::Error),
     #[error("--timeout must be a positive number of seconds, not {0}")]
     Timeout(f64),
     #[error(
@@ -173,10 +180,10 @@ pub fn resolve_config(args: &BootRequest) -> Result<VmConfig, Error> {
     Ok(file.overridden_by(flags).into_config()?)
 }
 
-fn refuse_linux_on_pvm(args: &BootRequest, config: &VmConfig) -> Result<(), Error> {
+pub(crate) fn refuse_linux_on_pvm(allow: bool, config: &VmConfig) -> Result<(), Error> {
     let (_, is_linux) = loader::identify(&config.kernel)?;
     if is_linux && host_check::kvm_kind().0 == KvmKind::Pvm {
-        if !args.allow_pvm_linux {
+        if !allow {
             return Err(Error::PvmLinux);
         }
         eprintln!(
@@ -184,6 +191,50 @@ fn refuse_linux_on_pvm(args: &BootRequest, config: &VmConfig) -> Result<(), Erro
         );
     }
     Ok(())
+}
+
+/// The VM to run, the API socket to serve it on (with its file, to remove at exit) and whether
+/// it starts paused: built from the flags or config file, restored from a snapshot, or, with
+/// `--api-sock` and neither a kernel nor a config file, configured through the API first.
+fn build(args: &BootRequest) -> Result<(vmm::Vmm, Option<ApiSocket>, bool), Error> {
+    let api_first = args.api_sock.is_some()
+        && args.restore.is_none()
+        && args.config_file.is_none()
+        && args.overrides.kernel.is_none();
+    if api_first {
+        if args.overrides != VmOverrides::default() {
+            return Err(Error::FlagsWithoutKernel);
+        }
+        let (sockets, file) =
+            api_socket(args.api_sock.as_deref())?.ok_or(Error::FlagsWithoutKernel)?;
+        return match crate::api::setup::serve_until_started(sockets, args.allow_pvm_linux) {
+            Ok((sockets, started)) => Ok((started.vmm, Some((sockets, file)), started.paused)),
+            Err(e) => {
+                file.remove();
+                Err(Error::ApiLoop(e))
+            }
+        };
+    }
+    let vmm = match &args.restore {
+        Some(from) => vmm::Vmm::restore(from)?,
+        None => {
+            let config = resolve_config(args)?;
+            refuse_linux_on_pvm(args.allow_pvm_linux, &config)?;
+            vmm::Vmm::try_from(&config)?
+        }
+    };
+    Ok((vmm, api_socket(args.api_sock.as_deref())?, false))
+}
+
+type ApiSocket = (crate::api::server::Sockets, SocketFile);
+
+/// The API socket at `path`, listening, and its file to remove at exit.
+fn api_socket(path: Option<&Path>) -> Result<Option<ApiSocket>, Error> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let file = SocketFile::of(path)?;
+    Ok(Some((crate::api::server::bind(path)?.into(), file)))
 }
 
 pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
@@ -197,14 +248,7 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
         })
         .transpose()?;
     let mut phases = phases::Phases::new(start, args.phases);
-    let vmm = match &args.restore {
-        Some(from) => vmm::Vmm::restore(from)?,
-        None => {
-            let config = resolve_config(args)?;
-            refuse_linux_on_pvm(args, &config)?;
-            vmm::Vmm::try_from(&config)?
-        }
-    };
+    let (vmm, api, paused) = build(args)?;
     // The VM made the vsock socket; gureum removes it at exit through its directory, the one
     // the filter lets it unlink in.
     let socket = (vmm.config.vsock.as_ref()).map(|v| {
@@ -212,22 +256,17 @@ pub fn boot(args: &BootRequest, start: Instant) -> Result<i32, Error> {
             let _ = std::fs::remove_file(&v.uds);
         })
     });
-    let socket = socket.transpose()?;
-    let api = args.api_sock.as_deref().map(|path| {
-        let file = SocketFile::of(path)?;
-        Ok::<_, Error>((crate::api::server::bind(path)?, file))
-    });
-    let api = match api.transpose() {
-        Ok(api) => api,
+    let socket = match socket.transpose() {
+        Ok(socket) => socket,
         Err(e) => {
-            socket.into_iter().for_each(SocketFile::remove);
+            api.into_iter().for_each(|(_, file)| file.remove());
             return Err(e);
         }
     };
     let (listener, api_file) = api.unzip();
     let outcome = confine(args, socket.as_ref(), api_file.as_ref()).and_then(|confinement| {
         let raw_terminal = term::RawTerminal::enable(0);
-        let outcome = vmm.run(timeout, &mut phases, confinement, listener);
+        let outcome = vmm.run(timeout, &mut phases, confinement, listener, paused);
         drop(raw_terminal);
         Ok(outcome?)
     });

@@ -158,6 +158,11 @@ impl PauseGate {
         Ok(())
     }
 
+    /// Asks for a pause before any vCPU runs: each parks before its first entry.
+    pub fn hold(&self) {
+        lock(&self.state).requested = true;
+    }
+
     pub fn is_paused(&self) -> bool {
         lock(&self.state).requested
     }

@@ -189,6 +189,10 @@ impl Vcpu {
             .spawn(move || {
                 pause::enter(self.fd.get_kvm_run());
                 control.gate.register();
+                // Held from the start (a snapshot loaded paused): park before the first entry.
+                control
+                    .gate
+                    .park_if_requested(|| control.save(self.id, &self.fd));
                 if self.id == 0 {
                     first_entry.get_or_init(Instant::now);
                 }

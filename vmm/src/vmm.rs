@@ -291,11 +291,16 @@ impl Vmm {
         timeout: Option<Duration>,
         phases: &mut Phases,
         confinement: Option<crate::seccomp::Confinement>,
-        api: Option<std::os::unix::net::UnixListener>,
+        api: Option<crate::api::server::Sockets>,
+        paused: bool,
     ) -> Result<Outcome, Error> {
         crate::pause::install_kick_handler()?;
         let msrs = crate::arch::x86_64::state::msr_indices(&self.kvm)?;
         let control = Arc::new(VcpuControl::new(self.vcpus.len(), msrs));
+        if paused {
+            // A snapshot loaded without resume_vm: the vCPUs park before their first entry.
+            control.gate.hold();
+        }
         let signals = block_exit_signals().map_err(Error::EventFd)?;
         let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(Error::EventLoop)?;
@@ -308,7 +313,7 @@ impl Vmm {
         for handler in self.virtio {
             events.add_subscriber(Arc::new(Mutex::new(handler)));
         }
-        if let Some(listener) = api {
+        if let Some(sockets) = api {
             let within = Duration::from_secs(5) * crate::host_check::slowdown();
             let vm = crate::api::Vm {
                 id: "anonymous-instance".into(),
@@ -328,7 +333,7 @@ impl Vmm {
                     jail: confinement.as_ref().and_then(|c| c.jail.clone()),
                 }),
             };
-            let server = crate::api::server::ApiServer::new(listener, vm);
+            let server = crate::api::server::ApiServer::new(sockets, vm);
             events.add_subscriber(Arc::new(Mutex::new(server)));
         }
 

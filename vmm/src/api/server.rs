@@ -10,8 +10,8 @@ use std::path::Path;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
+use super::Routes;
 use super::http::{self, Parsed, Response};
-use super::{Vm, route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,19 +39,43 @@ struct Connection {
     buf: Vec<u8>,
 }
 
-pub struct ApiServer {
+/// The socket and its open connections, as one server hands them to the next (the one that
+/// configures a VM to the one that serves it running): a client's connection survives.
+pub struct Sockets {
     listener: UnixListener,
     connections: HashMap<i32, Connection>,
-    vm: Vm,
 }
 
-impl ApiServer {
-    pub fn new(listener: UnixListener, vm: Vm) -> Self {
+impl From<UnixListener> for Sockets {
+    fn from(listener: UnixListener) -> Self {
         Self {
             listener,
             connections: HashMap::new(),
-            vm,
         }
+    }
+}
+
+pub struct ApiServer<R> {
+    listener: UnixListener,
+    connections: HashMap<i32, Connection>,
+    pub routes: R,
+}
+
+impl<R: Routes> ApiServer<R> {
+    pub fn new(sockets: Sockets, routes: R) -> Self {
+        Self {
+            listener: sockets.listener,
+            connections: sockets.connections,
+            routes,
+        }
+    }
+
+    pub fn into_parts(self) -> (Sockets, R) {
+        let sockets = Sockets {
+            listener: self.listener,
+            connections: self.connections,
+        };
+        (sockets, self.routes)
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
@@ -84,7 +108,7 @@ impl ApiServer {
             let (response, used, keep) = match http::parse(&conn.buf) {
                 Parsed::Partial => return true,
                 Parsed::Bad(why) => (Response::fault(400, why), conn.buf.len(), false),
-                Parsed::Request(req, used) => (route(&self.vm, &req), used, true),
+                Parsed::Request(req, used) => (self.routes.route(&req), used, true),
             };
             conn.buf.drain(..used);
             // Responses are small: a client that does not read them loses its connection.
@@ -120,10 +144,14 @@ fn write_whole(stream: &mut UnixStream, mut bytes: &[u8]) -> std::io::Result<()>
     Ok(())
 }
 
-impl MutEventSubscriber for ApiServer {
+impl<R: Routes> MutEventSubscriber for ApiServer<R> {
     fn init(&mut self, ops: &mut EventOps) {
         // Without it the API is simply not served; the VM runs on.
         let _ = ops.add(Events::new_raw(self.listener.as_raw_fd(), EventSet::IN));
+        // Connections a previous server accepted.
+        for fd in self.connections.keys() {
+            let _ = ops.add(Events::new_raw(*fd, EventSet::IN));
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

@@ -123,31 +123,34 @@ impl FirecrackerConfig {
             path: path.into(),
             what,
         })?;
-        let unsupported = |what: &str| {
-            Err(Error::Unsupported {
-                path: path.into(),
-                what: what.into(),
-            })
-        };
-        for n in &cfg.network_interfaces {
+        cfg.check().map_err(|what| Error::Unsupported {
+            path: path.into(),
+            what,
+        })?;
+        Ok(cfg)
+    }
+
+    /// What gureum cannot do of a config that parsed: a bad MAC, SMT, huge pages.
+    pub fn check(&self) -> Result<(), String> {
+        for n in &self.network_interfaces {
             if let Some(Err(e)) = n.guest_mac.as_deref().map(net::parse_mac) {
-                return unsupported(&format!("network-interfaces {:?}: {e}", n.iface_id));
+                return Err(format!("network-interfaces {:?}: {e}", n.iface_id));
             }
         }
-        if let Some(m) = &cfg.machine_config {
+        if let Some(m) = &self.machine_config {
             if m.smt {
-                return unsupported("machine-config.smt: true is not supported");
+                return Err("machine-config.smt: true is not supported".into());
             }
             if m.huge_pages.as_deref().is_some_and(|h| h != "None") {
-                return unsupported("machine-config.huge_pages: only \"None\" is supported");
+                return Err("machine-config.huge_pages: only \"None\" is supported".into());
             }
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 
 /// Everything a user may set, each optional; merged as defaults < file < flags.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VmOverrides {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
