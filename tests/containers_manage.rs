@@ -206,12 +206,12 @@ fn ps(isolation: &'static str) {
     b.create_and_start(&name, Stdio::null());
     let state = wait_for_status(&b, &name, "running");
     let pid = state["pid"].as_i64().unwrap();
-    let want = match isolation {
-        "native" => "sleep 299",
+    let wants: &[&str] = match isolation {
+        "native" => &["sleep 299"],
         // The stand-in's agent, behind the vsock socket.
-        "standin" => "vsock",
-        // The sandbox's VMM, launched with its VM's config file.
-        _ => "boot --config",
+        "standin" => &["vsock"],
+        // The sandbox's VMM: restoring the warm template, or booting its VM's config file.
+        _ => &[" restore --snapshot ", " boot --config "],
     };
     let deadline = Instant::now() + common::scaled(Duration::from_secs(5));
     loop {
@@ -220,7 +220,7 @@ fn ps(isolation: &'static str) {
             .unwrap_or_else(|e| panic!("{isolation}: ps --format json: {e}\n{}", json.describe()));
         let table = b.gureum(&["ps", &name]).stdout;
         // The container's pid (its init, or its sandbox's monitor) and its processes.
-        if pids.contains(&pid) && table.contains(want) {
+        if pids.contains(&pid) && wants.iter().any(|w| table.contains(w)) {
             break;
         }
         assert!(Instant::now() < deadline, "{isolation}: {pids:?}\n{table}");
