@@ -197,13 +197,27 @@ fn addr_len(addr: &libc::sockaddr_vm) -> libc::socklen_t {
 fn serve_all(
     mut accept: impl FnMut() -> Result<std::fs::File, String> + Send + 'static,
 ) -> Result<(), String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SESSIONS: AtomicUsize = AtomicUsize::new(0);
     let first = accept()?;
     std::thread::spawn(move || {
         while let Ok(conn) = accept() {
-            std::thread::spawn(move || serve_file(conn, false));
+            SESSIONS.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = serve_file(conn, false);
+                SESSIONS.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    serve_file(first, true)
+    let result = serve_file(first, true);
+    // The VM ends when this returns: give the other sessions (a `kill --all` whose answer is
+    // still in the guest's vsock queue, say) up to 5 s to be answered and closed first.
+    let start = std::time::Instant::now();
+    while SESSIONS.load(Ordering::SeqCst) > 0 && start.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    result
 }
 
 /// Firecracker's hybrid vsock, host side included, on a Unix socket: each connection first
