@@ -295,7 +295,11 @@ impl Vmm {
         paused: bool,
     ) -> Result<Outcome, Error> {
         crate::pause::install_kick_handler()?;
-        let msrs = crate::arch::x86_64::state::msr_indices(&self.kvm)?;
+        // The MSR list is for snapshots, which only the API takes: no ioctl for it otherwise.
+        let msrs = match api {
+            Some(_) => crate::arch::x86_64::state::msr_indices(&self.kvm)?,
+            None => Vec::new(),
+        };
         let control = Arc::new(VcpuControl::new(self.vcpus.len(), msrs));
         if paused {
             // A snapshot loaded without resume_vm: the vCPUs park before their first entry.
