@@ -136,11 +136,38 @@ impl TryFrom<&VmConfig> for Vmm {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        Ok(Vmm {
+        let base = Base {
             kvm,
-            vm: Arc::new(vm),
+            vm,
             config: cfg.clone(),
             memory,
+        };
+        Ok(Vmm::assemble(base, vcpus, legacy, exit, virtio))
+    }
+}
+
+/// What a VM is built on: KVM, the VM, its config and its memory.
+pub(crate) struct Base {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    pub config: VmConfig,
+    pub memory: GuestMemoryMmap,
+}
+
+impl Vmm {
+    /// A VM from its parts, booted or restored alike.
+    pub(crate) fn assemble(
+        base: Base,
+        vcpus: Vec<Vcpu>,
+        legacy: LegacyDevices,
+        exit: Arc<ExitSlot>,
+        virtio: virtio_devices::Attached,
+    ) -> Self {
+        Vmm {
+            kvm: base.kvm,
+            vm: Arc::new(base.vm),
+            config: base.config,
+            memory: base.memory,
             vcpus,
             serial: legacy.serial,
             serial_ready: legacy.serial_ready,
@@ -150,7 +177,7 @@ impl TryFrom<&VmConfig> for Vmm {
             virtio: virtio.handlers,
             vsock: virtio.vsock,
             transports: virtio.transports,
-        })
+        }
     }
 }
 

@@ -91,21 +91,13 @@ impl Vmm {
                 transport.config_changed();
             }
         }
-        Ok(Vmm {
+        let base = vmm::Base {
             kvm,
-            vm: Arc::new(vm),
+            vm,
             config: s.config,
             memory,
-            vcpus,
-            serial: legacy.serial,
-            serial_ready: legacy.serial_ready,
-            i8042_reset: legacy.i8042_reset,
-            exit,
-            boot_timer: legacy.boot_timer,
-            virtio: virtio.handlers,
-            vsock: virtio.vsock,
-            transports: virtio.transports,
-        })
+        };
+        Ok(Vmm::assemble(base, vcpus, legacy, exit, virtio))
     }
 }
 
