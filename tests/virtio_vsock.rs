@@ -104,6 +104,63 @@ fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A host that reads its echo slowly, and half-closes before it has read it: the guest waits
+/// for credit (staging what it cannot send yet), and every byte comes back, then EOF.
+#[test]
+fn a_slow_host_reader_that_half_closes_gets_every_byte_back() {
+    require_kvm!();
+    let dir = scratch("vsock-slow");
+    let uds = dir.join("v.sock");
+    let kernel = common::test_guest().display().to_string();
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let child = common::spawn(
+        &[
+            "boot",
+            "--kernel",
+            &kernel,
+            "--vsock",
+            &vsock,
+            "--cmdline",
+            "scenario=vsock-echo port=5000 conns=1",
+            "--timeout",
+            "60",
+        ],
+        None,
+    );
+    let data = common::pseudo_random(7, 1 << 20);
+    let mut s = connect(&uds, 5000);
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match s.read(&mut buf).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    assert!(
+        got == data,
+        "{} of {} bytes, or out of order",
+        got.len(),
+        data.len()
+    );
+    let out = common::finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("of them waited for the host's credit)"),
+        "{}",
+        out.describe()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn the_guest_reaches_a_host_listener_and_is_refused_without_one() {
     require_kvm!();

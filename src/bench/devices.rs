@@ -117,12 +117,7 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
             config.cmdline = format!("scenario=bench-blk {}", w.args);
             for run in 0..runs {
                 let g = time_run(gureum_command(&exe, &config, &vm_file)?, "gureum", &MARKS)?;
-                let fail = |vmm, r: &super::Run| Error::Run {
-                    vmm,
-                    run,
-                    code: r.code,
-                    stderr: r.stderr.clone(),
-                };
+                let fail = |vmm, r: &super::Run| r.error(vmm, run, w.name);
                 gureum.push(w.name, rate(w, &g.marks).ok_or_else(|| fail("gureum", &g))?);
                 if qemu_skip.is_none() {
                     let q = time_run(qemu_command(&config), "qemu-system-x86_64", &MARKS)?;
@@ -146,10 +141,12 @@ pub fn run(kernel: &Path, runs: usize, with_qemu: bool) -> Result<String, Error>
                     "gureum",
                     &MARKS,
                 )?;
-                net_push(&mut gureum, &g.marks).ok_or_else(|| run_error("gureum", run, &g))?;
+                net_push(&mut gureum, &g.marks)
+                    .ok_or_else(|| g.error("gureum", run, NET_PPS_ROW))?;
                 if qemu_skip.is_none() {
                     let q = time_run(ns.wrap(qemu_command(&config)), "qemu-system-x86_64", &MARKS)?;
-                    net_push(&mut qemu, &q.marks).ok_or_else(|| run_error("qemu", run, &q))?;
+                    net_push(&mut qemu, &q.marks)
+                        .ok_or_else(|| q.error("qemu", run, NET_PPS_ROW))?;
                 }
             }
         }
@@ -167,15 +164,6 @@ const NET_FRAMES: u32 = 20_000;
 const NET_FRAME_BYTES: f64 = 1514.0;
 const NET_PPS_ROW: &str = "net tx, 1514-byte frames, 32 in flight";
 const NET_MBPS_ROW: &str = "net tx, the same in MB/s";
-
-fn run_error(vmm: &'static str, run: usize, r: &super::Run) -> Error {
-    Error::Run {
-        vmm,
-        run,
-        code: r.code,
-        stderr: r.stderr.clone(),
-    }
-}
 
 fn net_push(s: &mut Samples, marks: &[Option<f64>]) -> Option<()> {
     let (start, done) = (marks.first().copied()??, marks.get(1).copied()??);
@@ -260,10 +248,17 @@ fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, 
     };
     let mut child = gureum_command(exe, &config, &dir.join("vsock-vm.json"))?
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
+    let console = child.stdout.take().map(|out| {
+        std::thread::spawn(move || {
+            let lines = BufReader::new(out).lines().map_while(Result::ok);
+            let all: Vec<String> = lines.collect();
+            all[all.len().saturating_sub(4)..].join(" | ")
+        })
+    });
     let started = std::time::Instant::now();
     let stream = loop {
         match UnixStream::connect(&uds) {
@@ -309,13 +304,19 @@ fn vsock_rate(exe: &Path, kernel: &Path, dir: &Path, run: usize) -> Result<f64, 
     };
     let rate = transfer();
     let out = child.wait_with_output().map_err(spawn_err)?;
+    let console = console.and_then(|t| t.join().ok()).unwrap_or_default();
     match rate {
         Ok(r) if out.status.success() => Ok(r),
-        _ => Err(Error::Run {
+        rate => Err(Error::Run {
             vmm: "gureum",
             run,
+            what: match rate {
+                Ok(_) => format!(" ({VSOCK_ROW})"),
+                Err(e) => format!(" ({VSOCK_ROW}: the host's side: {e})"),
+            },
             code: out.status.code(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+            console,
         }),
     }
 }

@@ -23,12 +23,16 @@ pub enum Error {
     SelfExe(#[source] std::io::Error),
     #[error("cannot start {0}")]
     Spawn(&'static str, #[source] std::io::Error),
-    #[error("{vmm} run {run} failed (exit {code:?}): {stderr}")]
+    #[error("{vmm} run {run}{what} failed (exit {code:?}): {stderr}; its console ended: {console}")]
     Run {
         vmm: &'static str,
         run: usize,
+        /// The workload, where a benchmark runs several (", block read, ...").
+        what: String,
         code: Option<i32>,
         stderr: String,
+        /// The last lines the guest printed, joined with " | ".
+        console: String,
     },
     #[error("--runs must be at least 1")]
     NoRuns,
@@ -67,9 +71,32 @@ pub(crate) struct Run {
     marks: Vec<Option<f64>>,
     exit_us: f64,
     stderr: String,
+    /// The guest's last console lines.
+    console: std::collections::VecDeque<String>,
     success: bool,
     code: Option<i32>,
 }
+
+impl Run {
+    /// The error for this run of `vmm`, naming `what` ran when not empty.
+    pub(crate) fn error(&self, vmm: &'static str, run: usize, what: &str) -> Error {
+        Error::Run {
+            vmm,
+            run,
+            what: if what.is_empty() {
+                String::new()
+            } else {
+                format!(" ({what})")
+            },
+            code: self.code,
+            stderr: self.stderr.trim_end().to_string(),
+            console: Vec::from(self.console.clone()).join(" | "),
+        }
+    }
+}
+
+/// How many of the guest's last console lines a failed run's error shows.
+const CONSOLE_TAIL: usize = 4;
 
 pub(crate) fn time_run(
     mut cmd: Command,
@@ -91,6 +118,7 @@ pub(crate) fn time_run(
         s
     });
     let mut marks = vec![None; markers.len()];
+    let mut console = std::collections::VecDeque::with_capacity(CONSOLE_TAIL + 1);
     if let Some(out) = stdout {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
@@ -99,6 +127,10 @@ pub(crate) fn time_run(
                 if mark.is_none() && line.contains(m) {
                     *mark = Some(now);
                 }
+            }
+            console.push_back(line);
+            if console.len() > CONSOLE_TAIL {
+                console.pop_front();
             }
             if start.elapsed() > RUN_DEADLINE {
                 let _ = child.kill();
@@ -113,6 +145,7 @@ pub(crate) fn time_run(
         marks,
         exit_us,
         stderr,
+        console,
         success: status.success(),
         code: status.code(),
     })
@@ -270,12 +303,7 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
     for run in 0..runs {
         let g = time_run(gureum_command(&exe, config, &file.0)?, "gureum", &MARKERS)?;
         if !g.success {
-            return Err(Error::Run {
-                vmm: "gureum",
-                run,
-                code: g.code,
-                stderr: g.stderr,
-            });
+            return Err(g.error("gureum", run, ""));
         }
         for (k, v) in parse_phases(&g.stderr) {
             gureum.push(&k, v);
@@ -287,12 +315,7 @@ pub fn boot(config: &VmConfig, runs: usize, with_qemu: bool) -> Result<String, E
         if qemu_skip.is_none() {
             let q = time_run(qemu_command(config), "qemu-system-x86_64", &MARKERS)?;
             let Some(marker) = q.marks.iter().flatten().copied().reduce(f64::min) else {
-                return Err(Error::Run {
-                    vmm: "qemu",
-                    run,
-                    code: q.code,
-                    stderr: q.stderr,
-                });
+                return Err(q.error("qemu", run, ""));
             };
             qemu.push("marker", marker);
             qemu.push("wall", q.exit_us);

@@ -1,6 +1,7 @@
 //! A minimal virtio-vsock driver for tests: an echo listener (host connects through gureum's
 //! Unix socket), and a client connecting to the host. Zero-copy echo: the echoed payload is
-//! transmitted straight from the receive buffer it arrived in.
+//! transmitted straight from the receive buffer it arrived in, unless the host has no credit
+//! for it; then it waits in a per-connection staging ring until the host's credit comes back.
 
 use crate::scenarios::{number, read_byte, write_bytes};
 use crate::virtio::{self, Queue, r32};
@@ -19,7 +20,12 @@ const OP_CREDIT_REQUEST: u16 = 7;
 const RX_BUFS: u64 = 0x80_0000;
 const RX_BUF_LEN: u64 = 0x1_1000;
 const RX_COUNT: u16 = 16;
-const BUF_ALLOC: u32 = 1 << 20;
+/// The credit this driver gives the host: no more than one connection's staging ring holds,
+/// since only echoed bytes are counted as forwarded.
+const BUF_ALLOC: u32 = 256 * 1024;
+/// Staging rings for echoes waiting for the host's credit: one of `BUF_ALLOC` per connection.
+const STAGE: u64 = 0xC0_0000;
+const MAX_CONNS: usize = 32;
 
 fn rd32(a: u64) -> u32 {
     r32(a)
@@ -45,6 +51,8 @@ struct Packet {
     len: u32,
     op: u16,
     flags: u32,
+    buf_alloc: u32,
+    fwd_cnt: u32,
 }
 
 impl Vsock {
@@ -69,6 +77,8 @@ impl Vsock {
             len: rd32(b + 24),
             op: rd16(b + 30),
             flags: rd32(b + 32),
+            buf_alloc: rd32(b + 36),
+            fwd_cnt: rd32(b + 40),
         };
         let _ = rd64(b);
         Some((p, head))
@@ -100,6 +110,41 @@ impl Vsock {
     }
 }
 
+/// One host connection the echo listener serves.
+#[derive(Clone, Copy, Default)]
+struct Conn {
+    open: bool,
+    port: u32,
+    /// Bytes echoed: what this driver tells the host it has forwarded.
+    fwd: u32,
+    /// Bytes sent to the host, and the host's credit as its last packet gave it.
+    sent: u32,
+    peer_alloc: u32,
+    peer_fwd: u32,
+    /// Bytes waiting in the staging ring, from offset `start`.
+    start: u32,
+    staged: u32,
+    /// The host shut down; close (SHUTDOWN both ways) once the staged bytes are echoed, and
+    /// count the connection closed at the host's RST, which comes once they are written.
+    closing: bool,
+    shut_sent: bool,
+}
+
+impl Conn {
+    fn credit(&self) -> u32 {
+        self.peer_alloc.saturating_sub(self.sent.wrapping_sub(self.peer_fwd))
+    }
+
+    /// Copy `len` bytes at `data` to the end of this connection's staging ring (`ring`).
+    fn stage(&mut self, ring: u64, data: u64, len: u32) {
+        for i in 0..len {
+            let at = (self.start + self.staged + i) % BUF_ALLOC;
+            write_bytes(ring + u64::from(at), &[read_byte(data + u64::from(i))]);
+        }
+        self.staged += len;
+    }
+}
+
 /// Accept host connections on `port=` and echo everything back, until `conns=` of them have
 /// shut down. Prints the totals.
 pub fn echo(cmdline: &[u8]) {
@@ -110,53 +155,87 @@ pub fn echo(cmdline: &[u8]) {
         return;
     };
     puts(b"vsock: listening\n");
-    // (host port, bytes received) per open connection.
-    let mut conns = [(0u32, 0u32, false); 32];
-    let (mut closed, mut bytes) = (0u64, 0u64);
+    let mut conns = [Conn::default(); MAX_CONNS];
+    let (mut closed, mut bytes, mut staged) = (0u64, 0u64, 0u64);
     while closed < want {
         let Some((p, head)) = v.recv() else {
             puts(b"vsock: timeout\n");
             return;
         };
-        let slot = conns.iter().position(|c| c.2 && c.0 == p.src_port);
-        match p.op {
-            OP_REQUEST if p.dst_port == port => match conns.iter().position(|c| !c.2) {
+        let slot = conns.iter().position(|c| c.open && c.port == p.src_port);
+        if let Some(c) = slot.map(|i| &mut conns[i]) {
+            (c.peer_alloc, c.peer_fwd) = (p.buf_alloc, p.fwd_cnt);
+        }
+        match (p.op, slot) {
+            (OP_REQUEST, _) if p.dst_port == port => match conns.iter().position(|c| !c.open) {
                 Some(i) => {
-                    conns[i] = (p.src_port, 0, true);
+                    conns[i] = Conn { open: true, port: p.src_port, peer_alloc: p.buf_alloc, peer_fwd: p.fwd_cnt, ..Conn::default() };
                     v.send(port, p.src_port, OP_RESPONSE, 0, 0, None);
                 }
                 None => v.send(port, p.src_port, OP_RST, 0, 0, None),
             },
-            OP_RW => {
-                if let Some(i) = slot {
-                    conns[i].1 = conns[i].1.wrapping_add(p.len);
-                    bytes += u64::from(p.len);
-                    let data = RX_BUFS + u64::from(head) * RX_BUF_LEN + HDR;
-                    v.send(port, p.src_port, OP_RW, 0, conns[i].1, Some((data, p.len)));
-                }
-            }
-            OP_CREDIT_REQUEST => {
-                let fwd = slot.map_or(0, |i| conns[i].1);
-                v.send(port, p.src_port, OP_CREDIT_UPDATE, 0, fwd, None);
-            }
-            OP_SHUTDOWN | OP_RST => {
-                if let Some(i) = slot {
-                    conns[i].2 = false;
-                    closed += 1;
-                    if p.op == OP_SHUTDOWN {
-                        v.send(port, p.src_port, OP_RST, 0, conns[i].1, None);
+            (OP_RW, Some(i)) => {
+                bytes += u64::from(p.len);
+                let data = RX_BUFS + u64::from(head) * RX_BUF_LEN + HDR;
+                let c = &mut conns[i];
+                if c.staged == 0 && c.credit() >= p.len {
+                    c.sent = c.sent.wrapping_add(p.len);
+                    c.fwd = c.fwd.wrapping_add(p.len);
+                    v.send(port, p.src_port, OP_RW, 0, c.fwd, Some((data, p.len)));
+                } else {
+                    if c.staged == 0 {
+                        v.send(port, p.src_port, OP_CREDIT_REQUEST, 0, c.fwd, None);
                     }
+                    c.stage(STAGE + i as u64 * u64::from(BUF_ALLOC), data, p.len);
+                    staged += u64::from(p.len);
                 }
+            }
+            (OP_CREDIT_REQUEST, Some(i)) => v.send(port, p.src_port, OP_CREDIT_UPDATE, 0, conns[i].fwd, None),
+            (OP_CREDIT_REQUEST, None) => v.send(port, p.src_port, OP_CREDIT_UPDATE, 0, 0, None),
+            (OP_SHUTDOWN, Some(i)) => conns[i].closing = true,
+            (OP_RST, Some(i)) => {
+                conns[i].open = false;
+                closed += 1;
             }
             _ => {}
         }
         v.repost(head);
+        if let Some(i) = slot {
+            drain(&mut v, port, i, &mut conns[i]);
+        }
     }
     puts(b"vsock: echoed ");
     put_dec(closed);
     puts(b" connections, ");
     put_dec(bytes);
-    puts(b" bytes\n");
+    puts(b" bytes");
+    if staged > 0 {
+        puts(b" (");
+        put_dec(staged);
+        puts(b" of them waited for the host's credit)");
+    }
+    puts(b"\n");
+}
+
+/// Echo what connection `i` has staged, as far as the host's credit goes; close it when the
+/// host has shut down and nothing is left.
+fn drain(v: &mut Vsock, port: u32, i: usize, c: &mut Conn) {
+    if !c.open || c.shut_sent {
+        return;
+    }
+    let ring = STAGE + i as u64 * u64::from(BUF_ALLOC);
+    while c.staged > 0 && c.credit() > 0 {
+        let n = c.staged.min(c.credit()).min(BUF_ALLOC - c.start);
+        c.sent = c.sent.wrapping_add(n);
+        c.fwd = c.fwd.wrapping_add(n);
+        v.send(port, c.port, OP_RW, 0, c.fwd, Some((ring + u64::from(c.start), n)));
+        c.start = (c.start + n) % BUF_ALLOC;
+        c.staged -= n;
+    }
+    if c.closing && c.staged == 0 {
+        v.send(port, c.port, OP_SHUTDOWN, 3, c.fwd, None);
+        c.shut_sent = true;
+    }
 }
 
 /// Connect to the host's `port=`, send a greeting, print the answer, shut down.

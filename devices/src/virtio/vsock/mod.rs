@@ -401,6 +401,41 @@ mod tests {
     }
 
     #[test]
+    fn what_a_guest_sent_before_it_closed_reaches_a_slow_host_then_the_connection_ends() {
+        let (mut m, mut peer, path, _) = connected("close");
+        let chunk: Vec<u8> = (0..0xffd0u32).map(|i| i.to_le_bytes()[0]).collect();
+        let packet = (guest_hdr(OP_RW, 0xffd0), chunk.clone(), 0);
+        exchange(&mut m, &vec![packet.clone(); 4]);
+        exchange(&mut m, &vec![packet; 3]);
+        // The host has not read yet; the guest closes its socket (SHUTDOWN, both ways).
+        let mut shut = guest_hdr(OP_SHUTDOWN, 0);
+        shut.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        let replies = exchange(&mut m, &[(shut, vec![], 0)]);
+        assert!(replies.iter().all(|h| h.op != OP_RST), "{replies:?}");
+        assert_eq!(
+            m.connections(),
+            1,
+            "the connection waits for its data to be written"
+        );
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            m.process_events();
+            match peer.read(&mut buf).unwrap() {
+                0 => break,
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(got, chunk.repeat(7), "every byte, in order, then EOF");
+        let replies = exchange(&mut m, &[]);
+        assert_eq!(replies.iter().filter(|h| h.op == OP_RST).count(), 1);
+        assert_eq!(m.connections(), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn a_guest_that_ignores_our_credit_is_reset() {
         let (mut m, _peer, path, replies) = connected("credit");
         assert_eq!(replies[0].buf_alloc, muxer::BUF_ALLOC);

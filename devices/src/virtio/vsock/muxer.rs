@@ -53,6 +53,9 @@ struct Conn {
     /// one more edge-triggered event, and a flush that answered each event with another
     /// shutdown would spin the event loop forever.
     write_shut: bool,
+    /// The guest closed both ways with data still on its way to the host: the connection ends
+    /// (RST) once `out` is written, so nothing the guest sent before its close is lost.
+    reset_when_flushed: bool,
 }
 
 impl Conn {
@@ -69,6 +72,7 @@ impl Conn {
             readable: true,
             shut_write: false,
             write_shut: false,
+            reset_when_flushed: false,
         }
     }
 
@@ -289,7 +293,7 @@ impl Muxer {
         let Some(conn) = self
             .conns
             .get_mut(&key)
-            .filter(|c| c.state == State::Established)
+            .filter(|c| c.state == State::Established && !c.reset_when_flushed)
         else {
             return self.reset(key);
         };
@@ -302,10 +306,20 @@ impl Muxer {
         conn.out.resize(start + len, 0);
         let got = read_up_to(payload, &mut conn.out[start..]);
         conn.out.truncate(start + got);
-        if conn.flush().is_err() {
-            return self.reset(key);
+        self.flush(key);
+    }
+
+    /// Writes what `key` has for its host socket. Resets it when that socket is gone, or when
+    /// the guest has closed and everything is written; else tells the guest of freed room.
+    fn flush(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        match conn.flush() {
+            Err(_) => self.reset(key),
+            Ok(()) if conn.reset_when_flushed && conn.out.is_empty() => self.reset(key),
+            Ok(()) => self.credit_if_due(key),
         }
-        self.credit_if_due(key);
     }
 
     /// Tells the guest of the room freed in our buffer once a quarter of it is free again. A
@@ -322,20 +336,20 @@ impl Muxer {
         }
     }
 
+    /// The guest will send no more (SEND), or closed its socket (both): the host's socket gets
+    /// its write side shut once what the guest sent is written, and after a close the
+    /// connection ends there (Linux's guest waits for that RST before it lets the socket go).
     fn guest_shutdown(&mut self, key: Key, flags: u32) {
-        if flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == (SHUTDOWN_RCV | SHUTDOWN_SEND) {
-            return self.reset(key);
-        }
-        if let Some(conn) = self
-            .conns
-            .get_mut(&key)
-            .filter(|_| flags & SHUTDOWN_SEND != 0)
-        {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if flags & SHUTDOWN_SEND != 0 {
             conn.shut_write = true;
-            if conn.flush().is_err() {
-                self.reset(key);
-            }
         }
+        if flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == (SHUTDOWN_RCV | SHUTDOWN_SEND) {
+            conn.reset_when_flushed = true;
+        }
+        self.flush(key);
     }
 
     /// Serve what is ready among the host sockets: one round of at most 32 events. The event
@@ -359,10 +373,7 @@ impl Muxer {
                         conn.readable = true;
                     }
                     if set.contains(EventSet::OUT) {
-                        match conn.flush() {
-                            Ok(()) => self.credit_if_due(key),
-                            Err(_) => self.reset(key),
-                        }
+                        self.flush(key);
                     }
                 }
             }
@@ -432,7 +443,12 @@ impl Muxer {
         let keys: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.state == State::Established && c.readable && c.peer_credit() > 0)
+            .filter(|(_, c)| {
+                c.state == State::Established
+                    && c.readable
+                    && !c.reset_when_flushed
+                    && c.peer_credit() > 0
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
