@@ -149,7 +149,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Snapshot a running VM through its API socket (as PATCH /vm and PUT /snapshot/create
     /// do): pause it, write its state and memory, and resume it. `gureum restore` runs it
-    /// again. Only VMs without virtio devices, for now.
+    /// again. A VM with a network interface, or with vsock connections open, is refused
+    /// (docs/snapshots.md).
     Snapshot {
         /// The VM's API socket (its `boot --api-sock`).
         #[arg(long, value_name = "PATH")]

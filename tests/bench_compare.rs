@@ -38,7 +38,7 @@ fn a_short_comparison_writes_json_markdown_and_charts() {
             "--test-guest",
             &guest,
             "--only",
-            "native,runc,sandbox,microvm-test-guest",
+            "native,runc,sandbox,microvm-test-guest,microvm-test-guest-restore",
         ],
         &[("TMPDIR", tmp.to_str().unwrap())],
         &out,
@@ -70,6 +70,23 @@ fn a_short_comparison_writes_json_markdown_and_charts() {
     let vm = kind("microvm-test-guest");
     assert_eq!(vm["status"], "measured");
     assert!(vm["start_ms"]["median"].as_f64().unwrap() > 0.0);
+    // The restore kind: a snapshot made once, restored by each run, which answers its line.
+    let restored = kind("microvm-test-guest-restore");
+    assert_eq!(restored["status"], "measured", "{restored}");
+    assert_eq!(restored["failed_runs"], 0, "{restored}");
+    assert!(restored["start_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert!(
+        restored["phases_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p[0] == "first_entry" && p[1].as_f64().unwrap() > 0.0),
+        "{restored}"
+    );
+    assert!(
+        restored["density"].is_null(),
+        "no density run for a restore"
+    );
     let sandbox = kind("sandbox");
     if common::host_is_pvm() {
         assert_eq!(sandbox["status"], "skipped");
@@ -121,8 +138,7 @@ fn every_vm_kind_is_measured_where_linux_guests_run() {
     let guest = common::test_guest().to_str().unwrap().to_string();
     let standin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/firecracker-standin.sh");
-    let kinds =
-        "native,runc,sandbox,sandbox-cold,microvm,qemu-microvm,microvm-test-guest,firecracker";
+    let kinds = "native,runc,sandbox,sandbox-cold,microvm,qemu-microvm,microvm-test-guest,firecracker,microvm-restore";
     let standin = standin.to_str().unwrap();
     let run = compare(
         &[

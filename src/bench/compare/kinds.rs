@@ -7,9 +7,11 @@ use std::process::Command;
 use gureum_vmm::config::VmConfig;
 use gureum_vmm::host_check::KvmKind;
 
+use super::restore;
+
 /// What makes a line on the instance's stdout mean "the workload is running".
 pub const WORKLOAD_MARK: &str = "gureum-bench-start";
-const LINUX_MARK: &str = "gureum-init: ready";
+pub(super) const LINUX_MARK: &str = "gureum-init: ready";
 const TEST_GUEST_MARK: &str = "boot-timer: written";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +26,11 @@ pub enum Kind {
     TestGuestVm,
     QemuTestGuest,
     Firecracker,
+    Restore,
+    TestGuestRestore,
 }
 
-pub const ALL: [Kind; 10] = [
+pub const ALL: [Kind; 12] = [
     Kind::Native,
     Kind::Runc,
     Kind::Runsc,
@@ -37,6 +41,8 @@ pub const ALL: [Kind; 10] = [
     Kind::TestGuestVm,
     Kind::QemuTestGuest,
     Kind::Firecracker,
+    Kind::Restore,
+    Kind::TestGuestRestore,
 ];
 
 impl Kind {
@@ -52,6 +58,8 @@ impl Kind {
             Kind::TestGuestVm => "microvm-test-guest",
             Kind::QemuTestGuest => "qemu-microvm-test-guest",
             Kind::Firecracker => "firecracker",
+            Kind::Restore => "microvm-restore",
+            Kind::TestGuestRestore => "microvm-test-guest-restore",
         }
     }
 
@@ -67,6 +75,8 @@ impl Kind {
             Kind::TestGuestVm => "gureum microVM: test guest (no Linux)",
             Kind::QemuTestGuest => "QEMU microvm: test guest",
             Kind::Firecracker => "Firecracker: same kernel + initramfs",
+            Kind::Restore => "gureum microVM restored from a snapshot of the idle Linux guest",
+            Kind::TestGuestRestore => "gureum microVM: test guest restored from a snapshot",
         }
     }
 
@@ -79,8 +89,15 @@ impl Kind {
         match self {
             Kind::MicroVm | Kind::QemuMicroVm | Kind::Firecracker => LINUX_MARK,
             Kind::TestGuestVm | Kind::QemuTestGuest => TEST_GUEST_MARK,
+            Kind::TestGuestRestore => restore::TEST_GUEST_ANSWER,
             _ => WORKLOAD_MARK,
         }
+    }
+
+    /// Whether a density run (K idle at once) applies: a restored guest answers its input and
+    /// ends, so the restore kinds have none.
+    pub fn has_density(self) -> bool {
+        !matches!(self, Kind::Restore | Kind::TestGuestRestore)
     }
 }
 
@@ -131,6 +148,7 @@ impl Setup {
             | Kind::MicroVm
             | Kind::QemuMicroVm
             | Kind::Firecracker
+            | Kind::Restore
                 if self.kvm == KvmKind::Pvm =>
             {
                 Some(pvm.into())
@@ -142,11 +160,14 @@ impl Setup {
             | Kind::SandboxCold
             | Kind::MicroVm
             | Kind::QemuMicroVm
-            | Kind::Firecracker => missing(&self.kernel).or_else(|| missing(&self.initramfs)),
-            Kind::TestGuestVm | Kind::QemuTestGuest => match &self.test_guest {
-                None => Some("no --test-guest given".into()),
-                Some(p) => missing(p),
-            },
+            | Kind::Firecracker
+            | Kind::Restore => missing(&self.kernel).or_else(|| missing(&self.initramfs)),
+            Kind::TestGuestVm | Kind::QemuTestGuest | Kind::TestGuestRestore => {
+                match &self.test_guest {
+                    None => Some("no --test-guest given".into()),
+                    Some(p) => missing(p),
+                }
+            }
         }
     }
 
@@ -203,11 +224,12 @@ impl Setup {
                 qemu(self.kvm, kernel, None, test_guest_cmdline(idle))
             }
             Kind::Firecracker => self.firecracker(id, idle)?,
+            Kind::Restore | Kind::TestGuestRestore => restore::command(self, kind),
         })
     }
 
     /// Our Linux guest (kernel and initramfs) as the gureum microVM and Firecracker kinds boot it.
-    fn linux_vm(&self, idle: bool) -> VmConfig {
+    pub(super) fn linux_vm(&self, idle: bool) -> VmConfig {
         vm(&self.kernel, Some(&self.initramfs), linux_cmdline(idle))
     }
 
@@ -260,7 +282,7 @@ impl Setup {
 }
 
 /// A VM of the default size (1 vCPU, 128 MiB) with no devices.
-fn vm(kernel: &Path, initrd: Option<&Path>, cmdline: String) -> VmConfig {
+pub(super) fn vm(kernel: &Path, initrd: Option<&Path>, cmdline: String) -> VmConfig {
     VmConfig {
         kernel: kernel.to_path_buf(),
         initrd: initrd.map(Path::to_path_buf),

@@ -67,11 +67,20 @@ fn ms(tv: libc::timeval) -> f64 {
 /// Times one instance of `kind` run to completion.
 pub fn one(setup: &Setup, kind: Kind, id: &str) -> std::io::Result<Sample> {
     let mut cmd = setup.command(kind, id, false)?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let input = super::restore::input(kind);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn()?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A line fits the pipe: this never blocks. The VMM keeps what it read after EOF.
+        let _ = std::io::Write::write_all(&mut stdin, bytes);
+    }
     let pid = i32::try_from(child.id()).unwrap_or(-1);
     let mark = kind.mark();
     let stdout = child.stdout.take();
@@ -155,11 +164,16 @@ pub struct Density {
     pub launch_rate_per_s: f64,
     /// PSS of every process of every instance, divided by the instances.
     pub memory_mib_per_instance: f64,
+    /// Of that, the guest pages the instance dirtied: private copies of a restored snapshot's
+    /// memory file (None where no instance maps one: a cold VM's memory is all anonymous).
+    pub guest_dirty_mib_per_instance: Option<f64>,
     /// Instances that never showed their start mark.
     pub failed: usize,
 }
 
 pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Result<Density> {
+    // K at once share the host's CPUs; an emulated host (the KVM test machine) is slower still.
+    let deadline = DEADLINE * gureum_vmm::host_check::slowdown().clamp(1, 5);
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
     let mut children: Vec<(String, Child)> = Vec::new();
@@ -188,7 +202,7 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
     let mut last = Duration::ZERO;
     let mut seen = 0;
     while seen < k {
-        match rx.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
+        match rx.recv_timeout(deadline.saturating_sub(start.elapsed())) {
             Ok(t) => {
                 last = last.max(t);
                 seen += 1;
@@ -198,10 +212,16 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
     }
     // Let the instances settle before reading their memory.
     std::thread::sleep(Duration::from_millis(300));
-    let pss_kib: u64 = children
+    let trees: Vec<Vec<i32>> = children
         .iter()
-        .map(|(_, c)| tree_pss_kib(i32::try_from(c.id()).unwrap_or(-1)))
-        .sum();
+        .map(|(_, c)| tree(i32::try_from(c.id()).unwrap_or(-1)))
+        .collect();
+    let pss_kib: u64 = trees.iter().flatten().map(|&p| pss_kib(p)).sum();
+    let dirty: Vec<u64> = trees
+        .iter()
+        .flatten()
+        .filter_map(|&p| snapshot_dirty_kib(p))
+        .collect();
     for (id, child) in &mut children {
         setup.stop(kind, id, child);
     }
@@ -215,12 +235,19 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
             0.0
         },
         memory_mib_per_instance: pss_kib as f64 / 1024.0 / k.max(1) as f64,
+        guest_dirty_mib_per_instance: (!dirty.is_empty())
+            .then(|| dirty.iter().sum::<u64>() as f64 / 1024.0 / k.max(1) as f64),
         failed: k - seen,
     })
 }
 
 /// PSS (KiB) of `root` and every descendant.
 pub fn tree_pss_kib(root: i32) -> u64 {
+    tree(root).iter().map(|&p| pss_kib(p)).sum()
+}
+
+/// `root` and every descendant.
+fn tree(root: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -243,7 +270,7 @@ pub fn tree_pss_kib(root: i32) -> u64 {
         tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
-    tree.iter().map(|&p| pss_kib(p)).sum()
+    tree
 }
 
 fn pss_kib(pid: i32) -> u64 {
@@ -253,4 +280,28 @@ fn pss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Private_Dirty (KiB) of `pid`'s private mappings of a snapshot's memory file (gureum names it
+/// `mem`, or `*.mem`); None if it maps none.
+fn snapshot_dirty_kib(pid: i32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut found = None;
+    let mut in_snapshot = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        if let Some(value) = line.strip_prefix("Private_Dirty:") {
+            if in_snapshot {
+                let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+                *found.get_or_insert(0) += kib;
+            }
+        } else if fields.next().is_some_and(|range| range.contains('-')) {
+            // A mapping's header: range, perms, offset, dev, inode, path.
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            in_snapshot =
+                perms.ends_with('p') && (path.ends_with("/mem") || path.ends_with(".mem"));
+        }
+    }
+    found
 }

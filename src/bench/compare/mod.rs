@@ -5,9 +5,11 @@
 //! SVG charts under --out.
 
 pub mod charts;
+pub mod claims;
 pub mod kinds;
 pub mod measure;
 pub mod report;
+pub mod restore;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -130,10 +132,26 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     std::fs::create_dir_all(&opts.out).map_err(io("make the output directory"))?;
     let work = Work::new()?;
     let setup = setup(opts, &work.0)?;
-    let (active, skipped): (Vec<Kind>, Vec<Kind>) = wanted
+    // Why each kind is skipped, if it is; a restore kind's snapshot is made here, once.
+    let skips: Vec<Option<String>> = wanted
         .iter()
-        .partition(|k| setup.skip_reason(**k).is_none());
-    let density_steps = if opts.density > 0 { active.len() } else { 0 };
+        .map(|k| {
+            setup
+                .skip_reason(*k)
+                .or_else(|| restore::prepare(&setup, *k).err())
+        })
+        .collect();
+    let active: Vec<Kind> = wanted
+        .iter()
+        .zip(&skips)
+        .filter(|(_, why)| why.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    let density_steps = if opts.density > 0 {
+        active.iter().filter(|k| k.has_density()).count()
+    } else {
+        0
+    };
     let mut progress = Progress {
         done: 0,
         total: opts.runs * active.len() + density_steps,
@@ -142,7 +160,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     let (samples, densities) = measure_all(&setup, &active, opts, &mut progress)?;
     progress.finish();
     let mut kinds: Vec<KindReport> = Vec::new();
-    for kind in &wanted {
+    for (kind, why) in wanted.iter().zip(skips) {
         if let Some(i) = active.iter().position(|k| k == kind) {
             kinds.push(KindReport::measured(
                 kind.name(),
@@ -150,11 +168,11 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
                 samples[i].clone(),
                 densities[i].clone(),
             ));
-        } else if skipped.contains(kind) {
+        } else {
             kinds.push(KindReport::skipped(
                 kind.name(),
                 kind.label(),
-                setup.skip_reason(*kind).unwrap_or_default(),
+                why.unwrap_or_default(),
             ));
         }
     }
@@ -164,7 +182,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         host: host(setup.kvm),
         runs: opts.runs,
         workload: opts.workload.clone(),
-        claims: report::claims(&kinds, pvm),
+        claims: claims::claims(&kinds, pvm),
         kinds,
     };
     drop(work);
@@ -211,7 +229,7 @@ fn measure_all(
     }
     let mut densities = Vec::new();
     for kind in active {
-        let d = if opts.density > 0 {
+        let d = if opts.density > 0 && kind.has_density() {
             let tag = format!("dense-{tag}-{}", kind.name());
             let d = measure::density(setup, *kind, opts.density, &tag)
                 .map_err(io("start instances"))?;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::claims::{exit_median, memory};
 use super::measure::{Density, Sample};
 
 pub const SCHEMA: &str = "gureum-bench-compare/1";
@@ -145,187 +146,10 @@ pub struct Report {
     pub claims: Vec<Claim>,
 }
 
-fn find<'a>(kinds: &'a [KindReport], name: &str) -> Option<&'a KindReport> {
+pub(super) fn find<'a>(kinds: &'a [KindReport], name: &str) -> Option<&'a KindReport> {
     kinds
         .iter()
         .find(|k| k.name == name && k.status == "measured")
-}
-
-type Metric = fn(&KindReport) -> Option<f64>;
-/// (claim, numerator kind, denominator kind, metric name, metric, target)
-type ClaimSpec = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    Metric,
-    Option<f64>,
-);
-
-fn exit_median(k: &KindReport) -> Option<f64> {
-    k.exit_ms.map(|s| s.median)
-}
-fn start_median(k: &KindReport) -> Option<f64> {
-    k.start_ms.map(|s| s.median)
-}
-/// A density run only counts if every instance came up.
-fn dense(k: &KindReport) -> Option<&Density> {
-    k.density.as_ref().filter(|d| d.failed == 0)
-}
-fn memory(k: &KindReport) -> Option<f64> {
-    dense(k).map(|d| d.memory_mib_per_instance)
-}
-fn rate(k: &KindReport) -> Option<f64> {
-    dense(k).map(|d| d.launch_rate_per_s)
-}
-
-/// The claims the report states: (claim, numerator kind, denominator kind, metric, its
-/// reader, target).
-const CLAIMS: [ClaimSpec; 11] = [
-    (
-        "containers start faster than VMs: VM sandbox start-to-exit / native container's",
-        "sandbox",
-        "native",
-        "exit_ms median",
-        exit_median,
-        None,
-    ),
-    (
-        "a sandboxed container starts nearly as fast as runc: sandbox / runc start-to-exit (target ≤ 1.5)",
-        "sandbox",
-        "runc",
-        "exit_ms median",
-        exit_median,
-        Some(1.5),
-    ),
-    (
-        "a snapshot makes a sandbox start faster: warm sandbox / one booted cold, start-to-exit",
-        "sandbox",
-        "sandbox-cold",
-        "exit_ms median",
-        exit_median,
-        None,
-    ),
-    (
-        "gureum's native isolation vs runc: start-to-exit",
-        "native",
-        "runc",
-        "exit_ms median",
-        exit_median,
-        None,
-    ),
-    (
-        "gureum boots faster than QEMU microvm: boot-to-init (target ≤ 0.5)",
-        "microvm",
-        "qemu-microvm",
-        "start_ms median",
-        start_median,
-        Some(0.5),
-    ),
-    (
-        "the same on the test guest (no Linux): gureum / QEMU microvm boot-to-guest",
-        "microvm-test-guest",
-        "qemu-microvm-test-guest",
-        "start_ms median",
-        start_median,
-        None,
-    ),
-    (
-        "containers are lighter than VMs: host memory per idle instance, sandbox / native",
-        "sandbox",
-        "native",
-        "memory_mib_per_instance",
-        memory,
-        None,
-    ),
-    (
-        "containers pack denser: launch rate of K at once, native / sandbox",
-        "native",
-        "sandbox",
-        "launch_rate_per_s",
-        rate,
-        None,
-    ),
-    (
-        "gureum boots Linux faster than Firecracker: spawn to the init's line, gureum / Firecracker (target ≤ 0.8)",
-        "microvm",
-        "firecracker",
-        "start_ms median",
-        start_median,
-        Some(0.8),
-    ),
-    (
-        "a VM with no Linux to boot (the test guest) vs a native container: start-to-exit",
-        "microvm-test-guest",
-        "native",
-        "exit_ms median",
-        exit_median,
-        None,
-    ),
-    (
-        "the same, host memory per idle instance",
-        "microvm-test-guest",
-        "native",
-        "memory_mib_per_instance",
-        memory,
-        None,
-    ),
-];
-
-/// The seed's claims and the targets, each as a factor computed from the data.
-pub fn claims(kinds: &[KindReport], pvm: bool) -> Vec<Claim> {
-    CLAIMS
-        .iter()
-        .map(|(claim, num, den, metric, f, target)| {
-            let (a, b) = (find(kinds, num).and_then(f), find(kinds, den).and_then(f));
-            let factor = match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                _ => None,
-            };
-            let mut note = match (factor, target) {
-                (None, _) => format!("not measured: {}", missing(kinds, num, den)),
-                (Some(x), Some(t)) if x <= *t => format!("target met ({x:.2} ≤ {t})"),
-                (Some(x), Some(t)) => format!("target missed ({x:.2} > {t})"),
-                (Some(_), None) => String::new(),
-            };
-            let vm_side = [num, den]
-                .iter()
-                .any(|n| {
-                    ["sandbox", "sandbox-cold", "microvm", "qemu-microvm", "firecracker"]
-                        .contains(n)
-                });
-            if pvm && vm_side && factor.is_some() {
-                note.push_str(" — PVM host: VM start-up is bound by emulating the guest kernel; the ratios that matter are measured on hardware KVM");
-            }
-            Claim {
-                claim: claim.to_string(),
-                factor,
-                metric: metric.to_string(),
-                numerator: num.to_string(),
-                denominator: den.to_string(),
-                target: *target,
-                note,
-            }
-        })
-        .collect()
-}
-
-fn missing(kinds: &[KindReport], a: &str, b: &str) -> String {
-    [a, b]
-        .iter()
-        .filter_map(|n| {
-            let k = kinds.iter().find(|k| k.name == *n);
-            match k {
-                Some(k) if k.status == "measured" => None,
-                Some(k) => Some(format!(
-                    "{n} skipped ({})",
-                    k.skip_reason.clone().unwrap_or_default()
-                )),
-                None => Some(format!("{n} not run")),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn cell(s: Option<Stats>) -> String {
@@ -429,6 +253,7 @@ pub fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::compare::claims::claims;
 
     fn sample(exit_ms: f64, ok: bool) -> Sample {
         Sample {
@@ -447,6 +272,7 @@ mod tests {
             launch_s: 4.0 / rate,
             launch_rate_per_s: rate,
             memory_mib_per_instance: mib,
+            guest_dirty_mib_per_instance: None,
             failed: 0,
         }
     }
@@ -510,7 +336,10 @@ mod tests {
                 "sandbox",
                 "s",
                 vec![sample(14.0, true)],
-                Some(density(20.0, 25.0)),
+                Some(Density {
+                    guest_dirty_mib_per_instance: Some(18.0),
+                    ..density(20.0, 25.0)
+                }),
             ),
             KindReport::skipped("qemu-microvm", "q", "not installed".into()),
         ];
@@ -532,6 +361,17 @@ mod tests {
             by("native", "sandbox", "launch_rate_per_s").factor,
             Some(4.0)
         );
+        // An absolute claim: the value itself against its target.
+        let beyond = by(
+            "sandbox",
+            "",
+            "memory_mib_per_instance - guest_dirty_mib_per_instance",
+        );
+        assert_eq!(beyond.factor, Some(2.0));
+        assert!(beyond.note.starts_with("target met"), "{}", beyond.note);
+        let restore = by("microvm-restore", "", "phases_ms first_entry");
+        assert_eq!(restore.factor, None);
+        assert_eq!(restore.note, "not measured: microvm-restore not run");
         let qemu = by("microvm", "qemu-microvm", "start_ms median");
         assert_eq!(qemu.factor, None);
         assert!(
