@@ -89,11 +89,12 @@ fn wrong_requests_get_400_and_a_fault_message_and_the_vm_runs_on() {
             Some("{}"),
             "not supported after starting",
         ),
+        ("PUT", "/actions", Some("{}"), "missing field `action_type`"),
         (
             "PUT",
             "/actions",
-            Some("{}"),
-            "Invalid request method and/or path",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+            "not supported after starting",
         ),
     ] {
         let (code, answer) = vm.curl(method, path, body);
@@ -146,6 +147,33 @@ fn the_socket_is_one_vm_s_and_goes_with_it() {
     let again = Vm::start(&dir, &[]);
     again.wait_for_count(1);
     assert_eq!(again.curl("GET", "/", None).0, 200);
+}
+
+/// `PUT /actions` SendCtrlAltDel presses the keys on the i8042 keyboard: the test guest,
+/// polling it, prints them (scancode set 2: Ctrl, Alt, the extended Delete) and resets.
+#[test]
+fn send_ctrl_alt_del_reaches_the_guest_s_keyboard() {
+    require_kvm!();
+    let dir = scratch("api-cad");
+    let kernel = test_guest().to_str().unwrap();
+    let cmdline = "console=ttyS0 scenario=keyboard";
+    let mut vm = Vm::spawn(
+        &dir,
+        "console.txt",
+        &["boot", "--kernel", kernel, "--cmdline", cmdline],
+    );
+    vm.wait_for("keyboard: waiting", Duration::from_secs(10));
+    assert_eq!(
+        vm.curl(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        ),
+        (204, String::new())
+    );
+    vm.wait_for("keyboard: 0x14 0x11 0xe0 0x71\n", Duration::from_secs(20));
+    let status = vm.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", vm.console());
 }
 
 /// Waits until the API socket answers (a VM waiting to be configured prints nothing).

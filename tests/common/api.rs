@@ -66,7 +66,8 @@ impl Vm {
         }
     }
 
-    fn spawn(dir: &Path, name: &str, args: &[&str]) -> Self {
+    /// gureum with `args` (boot or restore) and an API socket, its console in `name`.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Self {
         Self::spawn_with(dir, name, args, Stdio::null())
     }
 

@@ -80,6 +80,7 @@ pub struct Vmm {
     pub(crate) serial: Arc<Mutex<Serial<ConsoleOut>>>,
     pub(crate) serial_ready: EventFd,
     pub(crate) i8042_reset: EventFd,
+    pub(crate) keyboard: Arc<Mutex<I8042>>,
     pub(crate) exit: Arc<ExitSlot>,
     pub(crate) boot_timer: BootTimer,
     pub(crate) virtio: Vec<VirtioHandler>,
@@ -91,6 +92,7 @@ pub(crate) struct LegacyDevices {
     pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
     pub serial_ready: EventFd,
     pub i8042_reset: EventFd,
+    pub keyboard: Arc<Mutex<I8042>>,
     pub boot_timer: BootTimer,
 }
 
@@ -172,6 +174,7 @@ impl Vmm {
             serial: legacy.serial,
             serial_ready: legacy.serial_ready,
             i8042_reset: legacy.i8042_reset,
+            keyboard: legacy.keyboard,
             exit,
             boot_timer: legacy.boot_timer,
             virtio: virtio.handlers,
@@ -264,7 +267,8 @@ pub(crate) fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
         .map_err(|e| Error::Kvm("create the in-kernel PIT", e))
 }
 
-/// 8250 serial on IRQ 4 (console), the i8042 (reset) and the boot-timer port; the serial in
+/// 8250 serial on IRQ 4 (console), the i8042 (reset, and Ctrl+Alt+Del on IRQ 1) and the
+/// boot-timer port; the serial in
 /// the state `serial` recorded, if given (a restore).
 pub(crate) fn attach_legacy_devices(
     vm: &VmFd,
@@ -294,11 +298,14 @@ pub(crate) fn attach_legacy_devices(
 
     let i8042_reset = eventfd()?;
     let reset_trigger = EventFdTrigger(i8042_reset.try_clone().map_err(Error::EventFd)?);
-    pio.insert(
-        I8042_PORT,
-        I8042_PORT_LEN,
-        Arc::new(Mutex::new(I8042::new(reset_trigger))),
-    )?;
+    let keyboard_irq = eventfd()?;
+    vm.register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+        .map_err(|e| Error::Kvm("register the keyboard IRQ", e))?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(
+        reset_trigger,
+        EventFdTrigger(keyboard_irq),
+    )));
+    pio.insert(I8042_PORT, I8042_PORT_LEN, keyboard.clone())?;
 
     let boot_timer = BootTimer::new();
     pio.insert(BOOT_TIMER_PORT, 1, Arc::new(Mutex::new(boot_timer.clone())))?;
@@ -306,6 +313,7 @@ pub(crate) fn attach_legacy_devices(
         serial,
         serial_ready,
         i8042_reset,
+        keyboard,
         boot_timer,
     })
 }
@@ -363,6 +371,7 @@ impl Vmm {
                     within,
                     jail: confinement.as_ref().and_then(|c| c.jail.clone()),
                 }),
+                keyboard: Some(self.keyboard.clone()),
             };
             let server = crate::api::server::ApiServer::new(sockets, vm);
             events.add_subscriber(Arc::new(Mutex::new(server)));

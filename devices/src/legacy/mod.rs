@@ -1,11 +1,11 @@
-//! Legacy PC devices: 8250 serial, i8042 (for reset) and gureum's boot-timer port.
+//! Legacy PC devices: 8250 serial, i8042 (reset and Ctrl+Alt+Del) and gureum's boot-timer port.
 
 mod boot_timer;
 mod i8042;
 mod serial;
 
 pub use boot_timer::{BootTimer, BootTimerEvent};
-pub use i8042::I8042;
+pub use i8042::{CTRL_ALT_DEL, I8042};
 pub use serial::{Serial, SerialInput, SerialSnapshot};
 
 use vmm_sys_util::eventfd::EventFd;

@@ -19,6 +19,7 @@ mod vsock;
 const SERIAL: u16 = 0x3f8;
 const SERIAL_LSR: u16 = SERIAL + 5;
 const I8042_COMMAND: u16 = 0x64;
+const I8042_DATA: u16 = 0x60;
 const BOOT_TIMER: u16 = 0x440;
 
 const STACK_SIZE: usize = 16 * 1024;
@@ -325,6 +326,22 @@ fn echo_line() {
     puts(b"\n");
 }
 
+/// Print the keys the i8042 keyboard sends (SendCtrlAltDel through the API), polling its
+/// status port, for up to about 20 s.
+fn keyboard() {
+    puts(b"keyboard: waiting\n");
+    puts(b"keyboard:");
+    let (start, mut keys) = (scenarios::rdtsc(), 0);
+    while keys < 4 && scenarios::rdtsc().wrapping_sub(start) < 60_000_000_000 {
+        if inb(I8042_COMMAND) & 1 != 0 {
+            puts(b" ");
+            put_hex(u64::from(inb(I8042_DATA)));
+            keys += 1;
+        }
+    }
+    puts(if keys == 4 { b"\n" } else { b" (timed out)\n" });
+}
+
 fn reset() -> ! {
     puts(b"gureum-test-guest: reset\n");
     outb(I8042_COMMAND, 0xfe);
@@ -364,6 +381,7 @@ extern "C" fn guest_main(boot_params: u64, pvh_start_info: u64) -> ! {
     match param(cmdline, b"scenario") {
         None | Some(b"reset") => {}
         Some(b"echo") => echo_line(),
+        Some(b"keyboard") => keyboard(),
         Some(b"virtio-rng") => scenarios::rng(cmdline),
         Some(b"virtio-blk") => scenarios::blk(cmdline),
         Some(b"virtio-hostile") => scenarios::hostile(cmdline),

@@ -341,7 +341,7 @@ pub fn bench_net(cmdline: &[u8]) {
     puts(b" frames\n");
 }
 
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: reads the time-stamp counter; no memory effects.
     unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };

@@ -1,6 +1,7 @@
 //! The API socket (`--api-sock PATH`): the part of Firecracker's REST API that a running VM
 //! serves, on the same paths, with the same JSON bodies and status codes, so Firecracker's
-//! clients work: GET / (instance info), GET /machine-config, PATCH /vm (pause and resume).
+//! clients work: GET / (instance info), GET /machine-config, PATCH /vm (pause and resume),
+//! PUT /snapshot/create, and PUT /actions (SendCtrlAltDel).
 //! What only configures a VM before it starts is refused once it runs, as Firecracker refuses
 //! it. docs/api.yaml documents every path (a test checks it against [`route`]).
 
@@ -9,8 +10,10 @@ pub mod http;
 pub mod server;
 pub mod setup;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use gureum_devices::legacy::I8042;
 
 use http::{Request, Response};
 
@@ -27,6 +30,8 @@ pub struct Vm {
     pub pause_within: Duration,
     /// What takes a snapshot of it (none: snapshots are refused).
     pub snapshots: Option<Snapshotter>,
+    /// The i8042, whose keyboard presses Ctrl+Alt+Del (none: the action is refused).
+    pub keyboard: Option<Arc<Mutex<I8042>>>,
 }
 
 /// Answers requests: the running VM's API ([`Vm`]), or the one that configures a VM before it
@@ -42,11 +47,12 @@ impl Routes for Vm {
 }
 
 /// Every path and method the API serves (docs/api.yaml lists the same).
-pub const ROUTES: [(&str, &str); 4] = [
+pub const ROUTES: [(&str, &str); 5] = [
     ("GET", "/"),
     ("GET", "/machine-config"),
     ("PATCH", "/vm"),
     ("PUT", "/snapshot/create"),
+    ("PUT", "/actions"),
 ];
 
 /// The paths of Firecracker's API that configure or load a VM before it starts: refused once
@@ -77,6 +83,7 @@ pub fn route(vm: &Vm, req: &Request) -> Response {
         ),
         ("PATCH", "/vm") => patch_vm(vm, &req.body),
         ("PUT", "/snapshot/create") => create_snapshot(vm, &req.body),
+        ("PUT", "/actions") => action(vm, &req.body),
         ("PUT" | "PATCH", p)
             if BEFORE_START
                 .iter()
@@ -158,6 +165,49 @@ fn create_snapshot(vm: &Vm, body: &[u8]) -> Response {
     }
 }
 
+/// Firecracker's InstanceActionInfo.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Action {
+    action_type: String,
+}
+
+/// `PUT /actions` on a running VM: SendCtrlAltDel presses the keys on the i8042 keyboard
+/// (IRQ 1); what the guest does with them is its own business, as with Firecracker.
+fn action(vm: &Vm, body: &[u8]) -> Response {
+    let action = match serde_json::from_slice::<Action>(body) {
+        Ok(a) => a.action_type,
+        Err(e) => return deserialize_error(e),
+    };
+    match action.as_str() {
+        "SendCtrlAltDel" => {
+            let Some(keyboard) = &vm.keyboard else {
+                return Response::fault(400, "this VM has no i8042 keyboard");
+            };
+            let pressed = match keyboard.lock() {
+                Ok(mut k) => k.ctrl_alt_del().map_err(|e| e.to_string()),
+                Err(_) => Err("the i8042 device failed earlier".to_string()),
+            };
+            match pressed {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::fault(400, format!("cannot press Ctrl+Alt+Del: {e}")),
+            }
+        }
+        "InstanceStart" => Response::fault(
+            400,
+            "The requested operation is not supported after starting the microVM.",
+        ),
+        "FlushMetrics" => Response::fault(
+            400,
+            "no metrics file is configured: gureum keeps no metrics (--phases prints its timings)",
+        ),
+        other => Response::fault(
+            400,
+            format!("unknown action_type {other:?}: a running VM takes \"SendCtrlAltDel\""),
+        ),
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmState {
@@ -205,6 +255,7 @@ mod tests {
             control: Arc::new(VcpuControl::new(2, Vec::new())),
             pause_within: Duration::from_millis(100),
             snapshots: None,
+            keyboard: None,
         }
     }
 
@@ -274,6 +325,25 @@ mod tests {
                 "{\"state\":\"Asleep\"}",
                 "unknown state \"Asleep\"",
             ),
+            (
+                "PUT",
+                "/actions",
+                "{\"action_type\":\"InstanceStart\"}",
+                "not supported after starting",
+            ),
+            ("PUT", "/actions", "{\"action\":1}", "unknown field"),
+            (
+                "PUT",
+                "/actions",
+                "{\"action_type\":\"Dance\"}",
+                "unknown action_type \"Dance\"",
+            ),
+            (
+                "PUT",
+                "/actions",
+                "{\"action_type\":\"SendCtrlAltDel\"}",
+                "no i8042 keyboard",
+            ),
         ] {
             let r = route(&vm, &req(method, path, body));
             assert_eq!(r.status, 400, "{method} {path}");
@@ -288,6 +358,33 @@ mod tests {
                 "cannot set the VM paused: the guest has stopped".into()
             )
         );
+    }
+
+    #[test]
+    fn send_ctrl_alt_del_presses_the_keys_on_the_i8042() {
+        use gureum_devices::BusDevice;
+        use gureum_devices::legacy::EventFdTrigger;
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let reset = EventFd::new(EFD_NONBLOCK).unwrap();
+        let keyboard = Arc::new(Mutex::new(I8042::new(
+            EventFdTrigger(reset),
+            EventFdTrigger(irq.try_clone().unwrap()),
+        )));
+        let vm = Vm {
+            keyboard: Some(keyboard.clone()),
+            ..vm()
+        };
+        let r = route(
+            &vm,
+            &req("PUT", "/actions", "{\"action_type\":\"SendCtrlAltDel\"}"),
+        );
+        assert_eq!(r.status, 204);
+        assert!(irq.read().is_ok(), "IRQ 1 raised");
+        let mut k = keyboard.lock().unwrap();
+        let mut b = [0u8];
+        k.read(0, &mut b);
+        assert_eq!(b[0], gureum_devices::legacy::CTRL_ALT_DEL[0]);
     }
 
     /// Each documented path's methods, from docs/api.yaml.

@@ -44,6 +44,8 @@ pub const VIRTIO_IRQ_BASE: u32 = 5;
 pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
 pub const SERIAL_IRQ: u32 = 4;
+/// The i8042 keyboard's interrupt (a PC's IRQ 1).
+pub const KEYBOARD_IRQ: u32 = 1;
 pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 /// gureum's boot-timer port: the guest writes one byte at each milestone it wants timed.
