@@ -177,12 +177,19 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         }
     }
     let pvm = setup.kvm == KvmKind::Pvm;
+    let host = host(setup.kvm);
     let report = Report {
         schema: report::SCHEMA.into(),
-        host: host(setup.kvm),
         runs: opts.runs,
         workload: opts.workload.clone(),
-        claims: claims::claims(&kinds, pvm),
+        claims: claims::claims(
+            &kinds,
+            claims::Where {
+                pvm,
+                emulated: host.emulated,
+            },
+        ),
+        host,
         kinds,
     };
     drop(work);

@@ -231,7 +231,11 @@ pub fn markdown(r: &Report) -> String {
     );
     md.push_str("| claim | factor | note |\n|---|---|---|\n");
     for c in &r.claims {
-        let f = c.factor.map_or_else(|| "—".into(), |f| format!("{f:.2}×"));
+        // A ratio, or (no denominator) the value itself in the claim's unit.
+        let unit = if c.denominator.is_empty() { "" } else { "×" };
+        let f = c
+            .factor
+            .map_or_else(|| "—".into(), |f| format!("{f:.2}{unit}"));
         let _ = writeln!(md, "| {} | {} | {} |", c.claim, f, c.note);
     }
     md.push_str("\n## Measurements\n\n```\n");
@@ -253,7 +257,12 @@ pub fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::compare::claims::claims;
+    use crate::bench::compare::claims::{Where, claims};
+
+    const PVM: Where = Where {
+        pvm: true,
+        emulated: false,
+    };
 
     fn sample(exit_ms: f64, ok: bool) -> Sample {
         Sample {
@@ -343,7 +352,7 @@ mod tests {
             ),
             KindReport::skipped("qemu-microvm", "q", "not installed".into()),
         ];
-        let c = claims(&kinds, false);
+        let c = claims(&kinds, Where::default());
         let by = |num: &str, den: &str, metric: &str| {
             c.iter()
                 .find(|c| c.numerator == num && c.denominator == den && c.metric == metric)
@@ -381,7 +390,7 @@ mod tests {
         );
         assert!(qemu.note.contains("microvm not run"), "{}", qemu.note);
         // A PVM host flags the ratios that involve a Linux VM.
-        let pvm = claims(&kinds, true);
+        let pvm = claims(&kinds, PVM);
         assert!(
             pvm.iter()
                 .any(|c| c.factor.is_some() && c.note.contains("PVM host"))
@@ -409,7 +418,7 @@ mod tests {
             },
             runs: 1,
             workload: vec!["true".into()],
-            claims: claims(&kinds, true),
+            claims: claims(&kinds, PVM),
             kinds,
         };
         let v = serde_json::to_value(&report).unwrap();
