@@ -401,6 +401,11 @@ pub struct RestoreArgs {
     /// The guest is told the disk changed; what it cached of the old one it must drop.
     #[arg(long, value_name = "N=PATH", value_parser = disk_override)]
     pub disk: Vec<(usize, PathBuf)>,
+    /// Another TAP for network interface N of the snapshot (0: the first), as N=TAP. Repeat
+    /// for more. The guest keeps its MAC; frames in flight at the snapshot are lost, as on a
+    /// real link.
+    #[arg(long, value_name = "N=TAP", value_parser = net_override)]
+    pub net: Vec<(usize, String)>,
     /// Stop the guest after this many seconds and exit 124.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
@@ -422,6 +427,19 @@ fn disk_override(arg: &str) -> Result<(usize, PathBuf), String> {
     Ok((n, PathBuf::from(path)))
 }
 
+fn net_override(arg: &str) -> Result<(usize, String), String> {
+    let (n, tap) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not N=TAP"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a network interface number"))?;
+    match tap.is_empty() {
+        true => Err("the TAP's name is empty".into()),
+        false => Ok((n, tap.to_string())),
+    }
+}
+
 impl RestoreArgs {
     pub fn request(&self) -> BootRequest {
         BootRequest {
@@ -434,6 +452,7 @@ impl RestoreArgs {
                 mem: self.mem.clone(),
                 vsock_uds: self.vsock_uds.clone(),
                 disks: self.disk.clone(),
+                nets: self.net.clone(),
             }),
             ..BootRequest::default()
         }

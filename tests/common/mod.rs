@@ -446,6 +446,17 @@ impl Netns {
         ns
     }
 
+    /// Another TAP in the namespace, up.
+    pub fn add_tap(&self, tap: &str) {
+        for args in [
+            &["-n", &self.name, "tuntap", "add", "dev", tap, "mode", "tap"][..],
+            &["-n", &self.name, "link", "set", tap, "up"][..],
+        ] {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}");
+        }
+    }
+
     /// Run `f` on a thread inside the namespace.
     pub fn run<T: Send + 'static>(
         &self,

@@ -42,8 +42,6 @@ pub enum Error {
         "{path} is {have} bytes, but the snapshot's guest memory needs {want}: not this snapshot's memory file"
     )]
     MemoryFile { path: PathBuf, have: u64, want: u64 },
-    #[error("snapshots of VMs with {0} are not supported yet (a TAP's traffic cannot be saved)")]
-    Devices(&'static str),
     #[error("a device cannot be saved now: {0}")]
     Device(String),
     #[error(
@@ -53,6 +51,8 @@ pub enum Error {
     OutsideJail(PathBuf, PathBuf),
     #[error("the snapshot has no disk {0} to replace (it has {1})")]
     NoDisk(usize, usize),
+    #[error("the snapshot has no network interface {0} to give another TAP (it has {1})")]
+    NoNet(usize, usize),
     #[error("the snapshot has no vsock device to give --vsock-uds to")]
     NoVsock,
     #[error("the snapshot has {0} virtio devices, its config {1}")]
@@ -104,7 +104,6 @@ impl Snapshotter {
     /// Writes the paused VM's state to `snapshot` and its memory to `mem`.
     pub fn create(&self, snapshot: &Path, mem: &Path) -> Result<(), Error> {
         let (snapshot, mem) = (&self.in_jail(snapshot)?, &self.in_jail(mem)?);
-        refuse_devices(&self.config)?;
         // The devices first: one that cannot be saved now refuses before anything is written.
         let devices = (self.transports.iter())
             .map(|t| lock(t).snapshot().map_err(Error::Device))
@@ -124,13 +123,6 @@ impl Snapshotter {
         };
         format::write(snapshot, &state)?;
         Ok(())
-    }
-}
-
-fn refuse_devices(config: &VmConfig) -> Result<(), Error> {
-    match config.nets.is_empty() {
-        true => Ok(()),
-        false => Err(Error::Devices("network interfaces")),
     }
 }
 

@@ -11,7 +11,7 @@ use kvm_ioctls::Kvm;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-use super::{Error, Snapshot, cpuid_digest, format, refuse_devices};
+use super::{Error, Snapshot, cpuid_digest, format};
 use crate::arch::x86_64::state;
 use crate::vcpu::{ExitSlot, Vcpu};
 use crate::vmm::{self, Vmm};
@@ -27,6 +27,9 @@ pub struct RestoreFrom {
     /// The guest is told its disk changed (a config interrupt: it reads the new capacity);
     /// what it has cached of the old one is its to drop (a warm sandbox's agent does).
     pub disks: Vec<(usize, PathBuf)>,
+    /// Other TAPs for the snapshot's network interfaces, by their place in its config (the
+    /// guest keeps its MAC: clones on one network each need their own namespace).
+    pub nets: Vec<(usize, String)>,
 }
 
 impl Vmm {
@@ -34,7 +37,6 @@ impl Vmm {
     pub fn restore(from: &RestoreFrom) -> Result<Vmm, Error> {
         let mut s = format::read(&from.snapshot)?;
         let mem = from.mem.as_path();
-        refuse_devices(&s.config)?;
         if let Some(uds) = &from.vsock_uds {
             let Some(vsock) = &mut s.config.vsock else {
                 return Err(Error::NoVsock);
@@ -45,6 +47,11 @@ impl Vmm {
             let count = s.config.disks.len();
             let disk = (s.config.disks.get_mut(*index)).ok_or(Error::NoDisk(*index, count))?;
             disk.path.clone_from(path);
+        }
+        for (index, tap) in &from.nets {
+            let count = s.config.nets.len();
+            let net = (s.config.nets.get_mut(*index)).ok_or(Error::NoNet(*index, count))?;
+            net.tap.clone_from(tap);
         }
         let kvm = Kvm::new().map_err(vmm::Error::OpenKvm)?;
         vmm::check_host(&kvm, s.config.vcpus)?;

@@ -16,10 +16,17 @@ impl MmioTransport {
         if let Some(why) = device.snapshot_refusal() {
             return Err(why);
         }
-        let queues = match self.started() {
+        let queues: Vec<_> = match self.started() {
             true => device.active_queues().into_iter().map(Into::into).collect(),
             false => self.queues.iter().map(Into::into).collect(),
         };
+        // A started device that does not report its queues cannot be restored from them.
+        if queues.len() != device.queue_max_sizes().len() {
+            return Err(format!(
+                "the device of type {} does not report its queues",
+                self.device_type
+            ));
+        }
         Ok(TransportSnapshot {
             device_type: self.device_type,
             status: self.status,
