@@ -180,9 +180,20 @@ pub trait VirtioDevice: Send {
     fn active_queues(&self) -> Vec<&Queue> {
         Vec::new()
     }
-    /// Why the device cannot be snapshotted as it is now (an open connection), if it cannot.
+    /// Why the device cannot be snapshotted as it is now, if it cannot.
     fn snapshot_refusal(&self) -> Option<String> {
         None
+    }
+    /// Whether a snapshot taken now would lose state the driver relies on (vsock: open
+    /// connections), which the restore must then tell it about.
+    fn snapshot_loses(&self) -> bool {
+        false
+    }
+    /// Restored from a snapshot and active again; `lost` is what [`Self::snapshot_loses`]
+    /// said then: tell the driver (vsock: a transport reset). Returns whether a used ring
+    /// changed.
+    fn restored(&mut self, _lost: bool) -> bool {
+        false
     }
 }
 

@@ -66,6 +66,10 @@ pub struct TransportSnapshot {
     pub interrupt_status: u32,
     pub refused: Vec<bool>,
     pub queues: Vec<QueueSnapshot>,
+    /// The device had state the snapshot cannot keep (vsock: open connections); its restore
+    /// tells the driver (a transport reset). Absent in older files: nothing was lost.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

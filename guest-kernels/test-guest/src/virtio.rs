@@ -93,6 +93,11 @@ pub fn init(base: u64, index: usize, features: u32, size: u32) -> Result<Queue, 
 
 /// As `init`, with `count` (1 or 2) queues.
 pub fn init_queues(base: u64, index: usize, features: u32, size: u32, count: u32) -> Result<[Queue; 2], u32> {
+    init_queues_n(base, index, features, size, count)
+}
+
+/// As `init`, with N queues set up, the first `count` of them enabled.
+pub fn init_queues_n<const N: usize>(base: u64, index: usize, features: u32, size: u32, count: u32) -> Result<[Queue; N], u32> {
     w32(base + STATUS, 0);
     w32(base + STATUS, 1 | 2);
     w32(base + 0x014, 1);
@@ -127,7 +132,7 @@ pub fn init_queues(base: u64, index: usize, features: u32, size: u32, count: u32
         }
         Queue { base, desc, avail, used, size: size.max(1) as u16, last_used: 0, notify: q }
     };
-    let queues = [queue(0), queue(1)];
+    let queues = core::array::from_fn(|q| queue(q as u32));
     w32(base + STATUS, 1 | 2 | 8 | 4);
     let status = r32(base + STATUS);
     if status & NEEDS_RESET != 0 || status & 4 == 0 {

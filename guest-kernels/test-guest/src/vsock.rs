@@ -16,6 +16,7 @@ const OP_SHUTDOWN: u16 = 4;
 const OP_RW: u16 = 5;
 const OP_CREDIT_UPDATE: u16 = 6;
 const OP_CREDIT_REQUEST: u16 = 7;
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Receive buffers: 16 of 64 KiB + header, from 8 MiB up.
 const RX_BUFS: u64 = 0x80_0000;
 const RX_BUF_LEN: u64 = 0x1_1000;
@@ -43,6 +44,9 @@ struct Vsock {
     cid: u64,
     rx: Queue,
     tx: Queue,
+    /// The event queue, with one buffer posted: the device's transport reset (after a
+    /// restore, which keeps no connections) arrives here.
+    event: Queue,
 }
 
 struct Packet {
@@ -59,12 +63,24 @@ impl Vsock {
     fn start(cmdline: &[u8]) -> Option<Self> {
         let (index, base) = virtio::find(cmdline, VSOCK)?;
         let cid = u64::from(r32(base + 0x100)) | u64::from(r32(base + 0x104)) << 32;
-        let [mut rx, tx] = virtio::init_queues(base, index, 0, 64, 2).ok()?;
+        let [mut rx, tx, mut event] = virtio::init_queues_n(base, index, 0, 64, 3).ok()?;
         for i in 0..RX_COUNT {
             rx.raw_desc(i, RX_BUFS + u64::from(i) * RX_BUF_LEN, RX_BUF_LEN as u32, 2, 0);
         }
         rx.post_many(0..RX_COUNT);
-        Some(Self { cid, rx, tx })
+        event.raw_desc(0, event.buffers(), 8, 2, 0);
+        event.post(0);
+        Some(Self { cid, rx, tx, event })
+    }
+
+    /// Whether the device reset the transport (every connection is gone) since last asked.
+    fn transport_reset(&mut self) -> bool {
+        if self.event.in_step() {
+            return false;
+        }
+        let reset = self.event.wait_head().is_some() && rd32(self.event.buffers()) == EVENT_TRANSPORT_RESET;
+        self.event.post(0);
+        reset
     }
 
     /// The next packet and the receive buffer it is in (give it back with `repost`).
@@ -162,6 +178,13 @@ pub fn echo(cmdline: &[u8]) {
             puts(b"vsock: timeout\n");
             return;
         };
+        if v.transport_reset() {
+            let open = conns.iter().filter(|c| c.open).count();
+            conns = [Conn::default(); MAX_CONNS];
+            puts(b"vsock: transport reset, ");
+            put_dec(open as u64);
+            puts(b" connections dropped\n");
+        }
         let slot = conns.iter().position(|c| c.open && c.port == p.src_port);
         if let Some(c) = slot.map(|i| &mut conns[i]) {
             (c.peer_alloc, c.peer_fwd) = (p.buf_alloc, p.fwd_cnt);

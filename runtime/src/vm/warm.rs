@@ -209,18 +209,22 @@ fn snapshot_when_ready(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The snapshot waits for the vsock device to be idle: the agent's connection closed on
-    // both sides, its last packets delivered.
+    // The template is taken with the vsock device idle (the agent's connection closed on both
+    // sides, its last packets delivered), so a sandbox's restore needs no transport reset,
+    // which could race the sandbox's own first connection: one that lost a connection is
+    // taken again.
     let (state, mem) = (dir.join("state"), dir.join("mem"));
     loop {
-        match gureum_vmm::api::client::snapshot(api, &state, &mem, false) {
-            Ok(()) => return Ok(()),
-            Err(gureum_vmm::api::client::Error::Refused { message, .. })
-                if message.contains("vsock has") && start.elapsed() < within =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
+        gureum_vmm::api::client::snapshot(api, &state, &mem, false).map_err(Error::Snapshot)?;
+        match gureum_vmm::snapshot::lost_state(&state) {
+            Ok(false) => return Ok(()),
+            Ok(true) if start.elapsed() < within => std::thread::sleep(Duration::from_millis(5)),
+            Ok(true) => {
+                return Err(Error::Boot(format!(
+                    "its vsock device was not idle within {within:?}"
+                )));
             }
-            Err(e) => return Err(Error::Snapshot(e)),
+            Err(e) => return Err(Error::Boot(format!("its snapshot cannot be read: {e}"))),
         }
     }
 }

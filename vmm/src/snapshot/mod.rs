@@ -126,6 +126,12 @@ impl Snapshotter {
     }
 }
 
+/// Whether the snapshot at `path` lost device state a restore must tell the guest about
+/// (vsock connections): a template that should restore clean takes another.
+pub fn lost_state(path: &Path) -> Result<bool, Error> {
+    Ok(format::read(path)?.devices.iter().any(|d| d.lost))
+}
+
 /// A digest of the CPUID this host gives vCPU 0 of a `vcpus`-vCPU guest.
 pub fn cpuid_digest(kvm: &Kvm, vcpus: u8) -> Result<String, Box<Error>> {
     let supported = crate::vmm::supported_cpuid(kvm).map_err(|e| Box::new(Error::Build(e)))?;

@@ -38,6 +38,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             refused: self.refused.clone(),
             queues,
+            lost: self.started() && device.snapshot_loses(),
         })
     }
 
@@ -51,8 +52,9 @@ impl MmioTransport {
     }
 
     /// Puts this (fresh) transport, and its device, in the state `s` recorded; `slot` names
-    /// the device in errors. A started device is started again with its saved queues, and
-    /// serves whatever the driver had queued (a notification may have been pending).
+    /// the device in errors. A started device is started again with its saved queues, told it
+    /// was restored, and serves whatever the driver had queued (a notification may have been
+    /// pending).
     pub fn restore(&mut self, slot: usize, s: &TransportSnapshot) -> Result<(), RestoreError> {
         if s.device_type != self.device_type {
             return Err(RestoreError::DeviceType {
@@ -83,7 +85,8 @@ impl MmioTransport {
         if self.started() {
             let mut device = lock(&self.device);
             device.activate(self.mem.clone(), queues, self.driver_features);
-            let used = (0..want).fold(false, |used, q| device.process_queue(q) | used);
+            let restored = device.restored(s.lost);
+            let used = (0..want).fold(restored, |used, q| device.process_queue(q) | used);
             if used {
                 self.interrupt.signal(INT_USED_RING);
             }

@@ -17,6 +17,8 @@ use muxer::{MAX_PAYLOAD, Muxer};
 use packet::{HDR_LEN, Header};
 
 const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
+/// virtio-vsock's only event: every connection is gone (5.10.6.7).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Hand every transmitted packet to the muxer; returns how many chains were used.
 pub fn transmit(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> usize {
@@ -76,7 +78,7 @@ pub struct Vsock {
     muxer: Muxer,
     buf: Vec<u8>,
     active: Option<(GuestMemoryMmap, Queue, Queue)>,
-    /// The event queue: never used (no transport resets yet), kept for a snapshot.
+    /// The event queue: a transport reset after a restore goes here.
     event: Option<Queue>,
 }
 
@@ -159,11 +161,30 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn snapshot_refusal(&self) -> Option<String> {
-        let n = self.muxer.connections();
-        (!self.muxer.is_idle()).then(|| {
-            format!("vsock has {n} open connections or packets in flight: snapshot it idle")
-        })
+    /// A snapshot keeps no connections, nor packets in flight.
+    fn snapshot_loses(&self) -> bool {
+        !self.muxer.is_idle()
+    }
+
+    /// Where the snapshot lost connections, the restored guest is told its transport was reset
+    /// (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, as Firecracker does) and drops them; listening
+    /// sockets stay. A snapshot of an idle device restores without one.
+    fn restored(&mut self, lost: bool) -> bool {
+        let (true, Some((mem, _, _)), Some(event)) = (lost, &self.active, &mut self.event) else {
+            return false;
+        };
+        // One event, in the first buffer the driver posted (a driver with none misses it).
+        let Some(chain) = event.pop_descriptor_chain(mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let reset = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let written = Writer::new(mem, chain)
+            .ok()
+            .filter(|w| w.available_bytes() >= reset.len())
+            .and_then(|mut w| w.write_all(&reset).ok())
+            .map_or(0, |()| u32::try_from(reset.len()).unwrap_or(0));
+        event.add_used(mem, head, written).is_ok()
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
@@ -433,6 +454,43 @@ mod tests {
         assert_eq!(replies.iter().filter(|h| h.op == OP_RST).count(), 1);
         assert_eq!(m.connections(), 0);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_restored_device_tells_the_driver_once_that_its_transport_was_reset() {
+        let mem = memory();
+        let path = std::env::temp_dir().join(format!("gureum-vsock-{}-rst", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut v = Vsock::new(GUEST, &path).unwrap();
+        let queue = |at: u64, buffers: u16| {
+            let m = MockSplitQueue::create(&mem, GuestAddress(at), 16);
+            for i in 0..buffers {
+                let buf = at + 0x1_0000 + u64::from(i) * 0x1000;
+                mem.write_slice(&[0xff; 8], GuestAddress(buf)).unwrap();
+                m.add_desc_chains(&[d(buf, 8, W)], i).unwrap();
+            }
+            m.create_queue::<Queue>().unwrap()
+        };
+        let queues = vec![
+            queue(0x10_0000, 0),
+            queue(0x20_0000, 0),
+            queue(0x30_0000, 2),
+        ];
+        v.activate(mem.clone(), queues, 0);
+        assert!(!v.snapshot_loses(), "an idle device loses nothing");
+        assert!(v.restored(true));
+        let mut event = [0u8; 8];
+        mem.read_slice(&mut event, GuestAddress(0x31_0000)).unwrap();
+        assert_eq!(
+            event,
+            [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            "id 0: transport reset"
+        );
+        mem.read_slice(&mut event, GuestAddress(0x31_1000)).unwrap();
+        assert_eq!(event, [0xff; 8], "one event, not one per buffer");
+        assert_eq!(v.active_queues()[2].next_used(), 1);
+        drop(v);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
