@@ -43,12 +43,21 @@ containers() {
     "$gureum" run --bundle "$bundle" "demo-vm-$$" || true
     echo "== the same in the KVM test machine (kvm_amd under QEMU's software emulation; its timings are emulated):"
     echo "   booted cold, then warm twice (the first makes the template snapshot, the second only restores it)"
-    # shellcheck disable=SC2016
-    "$root/scripts/kvm-machine.sh" --timeout 400 -- bash -c '
-      for boot in cold warm warm; do
-        echo "-- gureum run --phases --bundle BUNDLE demo-vm ($boot)"
-        GUREUM_SANDBOX_BOOT=$boot "$1" run --phases --bundle "$2" "demo-vm-$boot-$RANDOM"
-      done' demo "$gureum" "$bundle"
+    # One CPU: the machine's emulated SVM now and then freezes the whole machine, far less
+    # often with one CPU (docs/host-kvm.md); a machine that failed (exit 125, never a failing
+    # sandbox) is started once more.
+    for attempt in 1 2; do
+      status=0
+      # shellcheck disable=SC2016
+      "$root/scripts/kvm-machine.sh" --cpus 1 --timeout 400 -- bash -c '
+        for boot in cold warm warm; do
+          echo "-- gureum run --phases --bundle BUNDLE demo-vm ($boot)"
+          GUREUM_SANDBOX_BOOT=$boot "$1" run --phases --bundle "$2" "demo-vm-$boot-$RANDOM"
+        done' demo "$gureum" "$bundle" || status=$?
+      [ "$status" -eq 125 ] && [ "$attempt" -eq 1 ] || break
+      echo "   (the KVM test machine itself failed, not a sandbox: once more, in a fresh machine)"
+    done
+    [ "$status" -eq 0 ] || exit "$status"
   fi
   [ -n "${guest:-}" ] && guest_args=(--test-guest "$guest")
   echo "== gureum bench compare --runs 10 --density 10 (files under target/bench-compare)"
