@@ -171,7 +171,7 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<24} {:>17} {:>17} {:>15} {:>9} {:>12}",
+        "{:<26} {:>17} {:>17} {:>15} {:>9} {:>12}",
         "kind",
         "start ms (med/p95)",
         "exit ms (med/p95)",
@@ -184,7 +184,7 @@ pub fn table(r: &Report) -> String {
         if k.status != "measured" {
             let _ = writeln!(
                 out,
-                "{:<24} skipped: {}",
+                "{:<26} skipped: {}",
                 k.name,
                 k.skip_reason.clone().unwrap_or_default()
             );
@@ -203,7 +203,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>17} {:>17} {:>15} {:>9} {:>12}{failed}",
+            "{:<26} {:>17} {:>17} {:>15} {:>9} {:>12}{failed}",
             k.name,
             cell(k.start_ms),
             cell(k.exit_ms),
