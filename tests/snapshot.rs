@@ -311,6 +311,36 @@ fn a_vsock_guest_restores_on_another_socket_and_an_open_connection_is_reset_in_t
     );
 }
 
+/// Keys pressed on a paused VM (SendCtrlAltDel) and not yet read are in its snapshot: the
+/// restored guest, polling its i8042, reads them.
+#[test]
+fn keys_pressed_before_a_snapshot_reach_the_restored_guest() {
+    require_kvm!();
+    let dir = scratch("snapshot-keys");
+    let kernel = common::test_guest().to_str().unwrap().to_string();
+    let args = [
+        "boot",
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        "console=ttyS0 scenario=keyboard",
+    ];
+    let mut vm = Vm::spawn(&dir, "boot.txt", &args);
+    vm.wait_for("keyboard: waiting", Duration::from_secs(10));
+    let state = |on: &str| Some(format!(r#"{{"state": "{on}"}}"#));
+    assert_eq!(vm.curl("PATCH", "/vm", state("Paused").as_deref()).0, 204);
+    let cad = Some(r#"{"action_type": "SendCtrlAltDel"}"#);
+    assert_eq!(vm.curl("PUT", "/actions", cad).0, 204);
+    let body = snapshot_body(&dir, "keys");
+    assert_eq!(vm.curl("PUT", "/snapshot/create", Some(&body)).0, 204);
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    assert!(!vm.console().contains("0x14"), "{}", vm.console());
+    let (s, m) = (dir.join("keys.s"), dir.join("keys.m"));
+    let restored = Vm::restore(&dir, "restored.txt", &s, &m);
+    restored.wait_for(" 0x14 0x11 0xe0 0x71\n", Duration::from_secs(20));
+}
+
 /// Pauses `vm`, snapshots it into `dir` (`s`, `m`) and kills it.
 fn pause_snapshot_kill(mut vm: Vm, dir: &Path) {
     assert_eq!(

@@ -127,7 +127,7 @@ impl TryFrom<&VmConfig> for Vmm {
         mptable::setup(&memory, cfg.vcpus)?;
 
         let mut pio = Bus::new();
-        let legacy = attach_legacy_devices(&vm, &mut pio, None)?;
+        let legacy = attach_legacy_devices(&vm, &mut pio, None, None)?;
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let exit = Arc::new(ExitSlot::new(eventfd()?));
         let cpuid = supported_cpuid(&kvm)?;
@@ -268,12 +268,12 @@ pub(crate) fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
 }
 
 /// 8250 serial on IRQ 4 (console), the i8042 (reset, and Ctrl+Alt+Del on IRQ 1) and the
-/// boot-timer port; the serial in
-/// the state `serial` recorded, if given (a restore).
+/// boot-timer port; the serial and the i8042 in the states recorded, where given (a restore).
 pub(crate) fn attach_legacy_devices(
     vm: &VmFd,
     pio: &mut Bus,
     serial: Option<&gureum_devices::legacy::SerialSnapshot>,
+    keyboard_state: Option<&gureum_devices::legacy::I8042Snapshot>,
 ) -> Result<LegacyDevices, Error> {
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
@@ -301,10 +301,11 @@ pub(crate) fn attach_legacy_devices(
     let keyboard_irq = eventfd()?;
     vm.register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
         .map_err(|e| Error::Kvm("register the keyboard IRQ", e))?;
-    let keyboard = Arc::new(Mutex::new(I8042::new(
-        reset_trigger,
-        EventFdTrigger(keyboard_irq),
-    )));
+    let mut i8042 = I8042::new(reset_trigger, EventFdTrigger(keyboard_irq));
+    if let Some(state) = keyboard_state {
+        i8042.restore(state);
+    }
+    let keyboard = Arc::new(Mutex::new(i8042));
     pio.insert(I8042_PORT, I8042_PORT_LEN, keyboard.clone())?;
 
     let boot_timer = BootTimer::new();
@@ -365,6 +366,7 @@ impl Vmm {
                     vm: self.vm.clone(),
                     memory: self.memory.clone(),
                     serial: self.serial.clone(),
+                    keyboard: self.keyboard.clone(),
                     transports: self.transports.clone(),
                     config: self.config.clone(),
                     cpuid_digest: crate::snapshot::cpuid_digest(&self.kvm, self.config.vcpus)?,

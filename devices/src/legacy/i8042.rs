@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::EventFdTrigger;
 use crate::BusDevice;
 
@@ -44,6 +46,16 @@ pub const CTRL_ALT_DEL: [u8; 4] = [0x14, 0x11, 0xE0, 0x71];
 /// More than any key sequence plus answers; a guest that never reads loses the rest.
 const BUFFER: usize = 16;
 
+/// The controller's state, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042Snapshot {
+    pub control: u8,
+    pub pending: Option<u8>,
+    pub last_was_command: bool,
+    /// Bytes the guest has not read yet.
+    pub out: Vec<u8>,
+}
+
 pub struct I8042 {
     reset: EventFdTrigger,
     /// IRQ 1, raised for each byte the keyboard puts in the output buffer.
@@ -65,6 +77,24 @@ impl I8042 {
             last_was_command: false,
             out: VecDeque::new(),
         }
+    }
+
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            control: self.control,
+            pending: self.pending,
+            last_was_command: self.last_was_command,
+            out: self.out.iter().copied().collect(),
+        }
+    }
+
+    /// Puts the controller in the state `s` recorded (an interrupt it had raised is in the
+    /// saved irqchip, so none is raised here). A longer buffer than ours is cut short.
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.control = s.control;
+        self.pending = s.pending;
+        self.last_was_command = s.last_was_command;
+        self.out = s.out.iter().copied().take(BUFFER).collect();
     }
 
     /// Presses Ctrl+Alt+Delete. Err: the interrupt could not be raised.
@@ -224,6 +254,32 @@ mod tests {
         assert!(reset.read().is_err());
         d.write(COMMAND, &[CMD_RESET_CPU]);
         assert_eq!(reset.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_restored_controller_has_the_saved_keys_and_settings() {
+        let (mut d, _reset, _irq) = device();
+        d.write(COMMAND, &[CMD_WRITE_CTR]);
+        d.write(DATA, &[CB_SYSTEM]);
+        d.ctrl_alt_del().unwrap();
+        inb(&mut d, DATA);
+        let saved = d.snapshot();
+        let (mut fresh, _reset, irq) = device();
+        fresh.restore(&saved);
+        assert!(irq.read().is_err(), "no interrupt of its own");
+        let mut got = Vec::new();
+        while inb(&mut fresh, COMMAND) & SB_OUT_FULL != 0 {
+            got.push(inb(&mut fresh, DATA));
+        }
+        assert_eq!(got, CTRL_ALT_DEL[1..]);
+        fresh.write(COMMAND, &[CMD_READ_CTR]);
+        assert_eq!(inb(&mut fresh, DATA), CB_SYSTEM);
+        let long = I8042Snapshot {
+            out: vec![1; 100],
+            ..saved
+        };
+        fresh.restore(&long);
+        assert_eq!(fresh.out.len(), BUFFER);
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod i8042;
 mod serial;
 
 pub use boot_timer::{BootTimer, BootTimerEvent};
-pub use i8042::{CTRL_ALT_DEL, I8042};
+pub use i8042::{CTRL_ALT_DEL, I8042, I8042Snapshot};
 pub use serial::{Serial, SerialInput, SerialSnapshot};
 
 use vmm_sys_util::eventfd::EventFd;

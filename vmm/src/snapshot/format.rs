@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::state::{VcpuState, VmState};
 use crate::config::VmConfig;
-use gureum_devices::legacy::SerialSnapshot;
+use gureum_devices::legacy::{I8042Snapshot, SerialSnapshot};
 use gureum_devices::virtio::state::TransportSnapshot;
 
 pub const MAGIC: &[u8; 16] = b"GUREUM-SNAPSHOT\n";
@@ -67,6 +67,9 @@ pub struct Snapshot {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialSnapshot,
+    /// The i8042 (absent in files made before it had state: a restore then starts it fresh).
+    #[serde(default)]
+    pub i8042: Option<I8042Snapshot>,
     /// Each virtio device's transport and queues, in the order of the config's devices.
     pub devices: Vec<TransportSnapshot>,
 }

@@ -80,6 +80,7 @@ pub struct Snapshotter {
     pub vm: Arc<VmFd>,
     pub memory: GuestMemoryMmap,
     pub serial: Arc<Mutex<Serial<File>>>,
+    pub keyboard: Arc<Mutex<gureum_devices::legacy::I8042>>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub config: VmConfig,
     pub cpuid_digest: String,
@@ -119,6 +120,7 @@ impl Snapshotter {
             vm,
             vcpus,
             serial: lock(&self.serial).snapshot(),
+            i8042: Some(lock(&self.keyboard).snapshot()),
             devices,
         };
         format::write(snapshot, &state)?;

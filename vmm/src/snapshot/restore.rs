@@ -70,7 +70,7 @@ impl Vmm {
         let virtio = crate::virtio_devices::attach(&vm, &mut mmio, &memory, &s.config)
             .map_err(vmm::Error::from)?;
         let mut pio = Bus::new();
-        let legacy = vmm::attach_legacy_devices(&vm, &mut pio, Some(&s.serial))?;
+        let legacy = vmm::attach_legacy_devices(&vm, &mut pio, Some(&s.serial), s.i8042.as_ref())?;
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let exit = Arc::new(ExitSlot::new(vmm::eventfd()?));
         let cpuid = vmm::supported_cpuid(&kvm)?;
