@@ -417,27 +417,26 @@ pub struct RestoreArgs {
     pub no_seccomp: bool,
 }
 
-fn disk_override(arg: &str) -> Result<(usize, PathBuf), String> {
-    let (n, path) = arg
+/// `N=VALUE`, N the device's place among its kind (`what`) in the snapshot's config.
+fn numbered<'a>(arg: &'a str, what: &str) -> Result<(usize, &'a str), String> {
+    let (n, value) = arg
         .split_once('=')
-        .ok_or_else(|| format!("{arg:?} is not N=PATH"))?;
+        .ok_or_else(|| format!("{arg:?} is not N=VALUE (N: the {what}'s number, from 0)"))?;
     let n = n
         .parse()
-        .map_err(|_| format!("{n:?} is not a disk number"))?;
-    Ok((n, PathBuf::from(path)))
+        .map_err(|_| format!("{n:?} is not a {what} number"))?;
+    match value.is_empty() {
+        true => Err(format!("nothing after the {what} number in {arg:?}")),
+        false => Ok((n, value)),
+    }
+}
+
+fn disk_override(arg: &str) -> Result<(usize, PathBuf), String> {
+    numbered(arg, "disk").map(|(n, path)| (n, PathBuf::from(path)))
 }
 
 fn net_override(arg: &str) -> Result<(usize, String), String> {
-    let (n, tap) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("{arg:?} is not N=TAP"))?;
-    let n = n
-        .parse()
-        .map_err(|_| format!("{n:?} is not a network interface number"))?;
-    match tap.is_empty() {
-        true => Err("the TAP's name is empty".into()),
-        false => Ok((n, tap.to_string())),
-    }
+    numbered(arg, "network interface").map(|(n, tap)| (n, tap.to_string()))
 }
 
 impl RestoreArgs {

@@ -274,17 +274,7 @@ fn a_vsock_guest_restores_on_another_socket_and_an_open_connection_is_reset_in_t
     echoes(&mut conn, b"pong");
 
     let clone_uds = dir.join("clone.sock");
-    let (s, m) = (dir.join("idle.s"), dir.join("idle.m"));
-    let args = [
-        "restore",
-        "--snapshot",
-        s.to_str().unwrap(),
-        "--mem",
-        m.to_str().unwrap(),
-        "--vsock-uds",
-        clone_uds.to_str().unwrap(),
-    ];
-    let clone = Vm::spawn_typed(&dir, "clone.txt", &args);
+    let clone = vsock_clone(&dir, "idle", &clone_uds);
     echoes(&mut vsock_connect(&clone_uds, 5000), b"pong");
     assert!(
         !clone.console().contains("transport reset"),
@@ -293,7 +283,18 @@ fn a_vsock_guest_restores_on_another_socket_and_an_open_connection_is_reset_in_t
     );
 
     let busy_uds = dir.join("busy-clone.sock");
-    let (s, m) = (dir.join("busy.s"), dir.join("busy.m"));
+    let busy_clone = vsock_clone(&dir, "busy", &busy_uds);
+    echoes(&mut vsock_connect(&busy_uds, 5000), b"pang");
+    busy_clone.wait_for(
+        "vsock: transport reset, 1 connections dropped",
+        Duration::from_secs(10),
+    );
+}
+
+/// `gureum restore` of the snapshot `name` in `dir` (from [`snapshot_body`]), with a vsock
+/// socket of its own at `uds`.
+fn vsock_clone(dir: &Path, name: &str, uds: &Path) -> Vm {
+    let (s, m) = (dir.join(format!("{name}.s")), dir.join(format!("{name}.m")));
     let args = [
         "restore",
         "--snapshot",
@@ -301,14 +302,9 @@ fn a_vsock_guest_restores_on_another_socket_and_an_open_connection_is_reset_in_t
         "--mem",
         m.to_str().unwrap(),
         "--vsock-uds",
-        busy_uds.to_str().unwrap(),
+        uds.to_str().unwrap(),
     ];
-    let busy_clone = Vm::spawn_typed(&dir, "busy-clone.txt", &args);
-    echoes(&mut vsock_connect(&busy_uds, 5000), b"pang");
-    busy_clone.wait_for(
-        "vsock: transport reset, 1 connections dropped",
-        Duration::from_secs(10),
-    );
+    Vm::spawn_typed(dir, &format!("{name}-clone.txt"), &args)
 }
 
 /// Keys pressed on a paused VM (SendCtrlAltDel) and not yet read are in its snapshot: the

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::scratch;
@@ -51,13 +51,15 @@ fn echo(mut s: UnixStream, data: Vec<u8>) -> Vec<u8> {
     got
 }
 
-#[test]
-fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
-    require_kvm!();
-    let dir = scratch("vsock");
+/// The test guest echoing on vsock port 5000 until `conns` connections have closed, in a
+/// scratch directory `tag`, its socket there; stopped after `timeout` seconds.
+fn echo_guest(tag: &str, conns: u32, timeout: u32) -> (PathBuf, PathBuf, std::process::Child) {
+    let dir = scratch(tag);
     let uds = dir.join("v.sock");
     let kernel = common::test_guest().display().to_string();
     let vsock = format!("cid=3,uds={}", uds.display());
+    let cmdline = format!("scenario=vsock-echo port=5000 conns={conns}");
+    let timeout = timeout.to_string();
     let args = [
         "boot",
         "--kernel",
@@ -65,11 +67,18 @@ fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
         "--vsock",
         &vsock,
         "--cmdline",
-        "scenario=vsock-echo port=5000 conns=16",
+        &cmdline,
         "--timeout",
-        "120",
+        &timeout,
     ];
     let child = common::spawn(&args, None);
+    (dir, uds, child)
+}
+
+#[test]
+fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
+    require_kvm!();
+    let (dir, uds, child) = echo_guest("vsock", 16, 120);
     const STREAMS: u64 = 16;
     let per_stream = usize::try_from(100_000_000 / STREAMS).unwrap();
     let start = Instant::now();
@@ -109,24 +118,7 @@ fn sixteen_host_streams_echo_100_mb_with_matching_checksums() {
 #[test]
 fn a_slow_host_reader_that_half_closes_gets_every_byte_back() {
     require_kvm!();
-    let dir = scratch("vsock-slow");
-    let uds = dir.join("v.sock");
-    let kernel = common::test_guest().display().to_string();
-    let vsock = format!("cid=3,uds={}", uds.display());
-    let child = common::spawn(
-        &[
-            "boot",
-            "--kernel",
-            &kernel,
-            "--vsock",
-            &vsock,
-            "--cmdline",
-            "scenario=vsock-echo port=5000 conns=1",
-            "--timeout",
-            "60",
-        ],
-        None,
-    );
+    let (dir, uds, child) = echo_guest("vsock-slow", 1, 60);
     let data = common::pseudo_random(7, 1 << 20);
     let mut s = connect(&uds, 5000);
     let mut w = s.try_clone().unwrap();

@@ -212,16 +212,13 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
     }
     // Let the instances settle before reading their memory.
     std::thread::sleep(Duration::from_millis(300));
-    let trees: Vec<Vec<i32>> = children
+    let memory: Vec<Memory> = children
         .iter()
-        .map(|(_, c)| tree(i32::try_from(c.id()).unwrap_or(-1)))
+        .flat_map(|(_, c)| tree(i32::try_from(c.id()).unwrap_or(-1)))
+        .map(memory_kib)
         .collect();
-    let pss_kib: u64 = trees.iter().flatten().map(|&p| pss_kib(p)).sum();
-    let dirty: Vec<u64> = trees
-        .iter()
-        .flatten()
-        .filter_map(|&p| snapshot_dirty_kib(p))
-        .collect();
+    let pss_kib: u64 = memory.iter().map(|m| m.pss).sum();
+    let dirty: Vec<u64> = memory.iter().filter_map(|m| m.snapshot_dirty).collect();
     for (id, child) in &mut children {
         setup.stop(kind, id, child);
     }
@@ -239,11 +236,6 @@ pub fn density(setup: &Setup, kind: Kind, k: usize, tag: &str) -> std::io::Resul
             .then(|| dirty.iter().sum::<u64>() as f64 / 1024.0 / k.max(1) as f64),
         failed: k - seen,
     })
-}
-
-/// PSS (KiB) of `root` and every descendant.
-pub fn tree_pss_kib(root: i32) -> u64 {
-    tree(root).iter().map(|&p| pss_kib(p)).sum()
 }
 
 /// `root` and every descendant.
@@ -273,27 +265,30 @@ fn tree(root: i32) -> Vec<i32> {
     tree
 }
 
-fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// One process's memory, in KiB.
+struct Memory {
+    pss: u64,
+    /// Private_Dirty of its private mappings of a snapshot's memory file (gureum names it
+    /// `mem`, or `*.mem`); None if it maps none.
+    snapshot_dirty: Option<u64>,
 }
 
-/// Private_Dirty (KiB) of `pid`'s private mappings of a snapshot's memory file (gureum names it
-/// `mem`, or `*.mem`); None if it maps none.
-fn snapshot_dirty_kib(pid: i32) -> Option<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut found = None;
+/// `pid`'s memory, from one read of its smaps (a process gone meanwhile counts as none).
+fn memory_kib(pid: i32) -> Memory {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let kib = |v: &str| -> u64 { v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0) };
+    let mut m = Memory {
+        pss: 0,
+        snapshot_dirty: None,
+    };
     let mut in_snapshot = false;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
-        if let Some(value) = line.strip_prefix("Private_Dirty:") {
+        if let Some(v) = line.strip_prefix("Pss:") {
+            m.pss += kib(v);
+        } else if let Some(v) = line.strip_prefix("Private_Dirty:") {
             if in_snapshot {
-                let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
-                *found.get_or_insert(0) += kib;
+                *m.snapshot_dirty.get_or_insert(0) += kib(v);
             }
         } else if fields.next().is_some_and(|range| range.contains('-')) {
             // A mapping's header: range, perms, offset, dev, inode, path.
@@ -303,5 +298,47 @@ fn snapshot_dirty_kib(pid: i32) -> Option<u64> {
                 perms.ends_with('p') && (path.ends_with("/mem") || path.ends_with(".mem"));
         }
     }
-    found
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dirtied_page_of_a_private_snapshot_mapping_counts_as_the_guest_s() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let before = memory_kib(me);
+        assert!(before.pss > 0);
+        assert_eq!(before.snapshot_dirty, None);
+        let path = std::env::temp_dir().join(format!("gureum-measure-{me}.mem"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(1 << 20).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: a fresh private mapping of our own 1 MiB file; two pages written, then
+        // unmapped.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            );
+            assert_ne!(at, libc::MAP_FAILED);
+            at.cast::<u8>().write(1);
+            at.cast::<u8>().add(8192).write(1);
+            let during = memory_kib(me);
+            libc::munmap(at, 1 << 20);
+            assert_eq!(during.snapshot_dirty, Some(8));
+        }
+        std::fs::remove_file(path).unwrap();
+    }
 }

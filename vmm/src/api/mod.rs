@@ -89,10 +89,7 @@ pub fn route(vm: &Vm, req: &Request) -> Response {
                 .iter()
                 .any(|b| p == *b || p.starts_with(&format!("{b}/"))) =>
         {
-            Response::fault(
-                400,
-                "The requested operation is not supported after starting the microVM.",
-            )
+            Response::fault(400, STARTED)
         }
         (method, _) => bad_path(method, path),
     }
@@ -132,7 +129,11 @@ struct SnapshotCreate {
     version: Option<String>,
 }
 
-fn deserialize_error(e: serde_json::Error) -> Response {
+/// Firecracker's refusal of what only configures a VM, once it runs.
+const STARTED: &str = "The requested operation is not supported after starting the microVM.";
+
+/// Firecracker's answer to a body it cannot read.
+fn bad_body(e: impl std::fmt::Display) -> Response {
     Response::fault(
         400,
         format!("An error occurred when deserializing the json body of a request: {e}."),
@@ -142,7 +143,7 @@ fn deserialize_error(e: serde_json::Error) -> Response {
 fn create_snapshot(vm: &Vm, body: &[u8]) -> Response {
     let params = match serde_json::from_slice::<SnapshotCreate>(body) {
         Ok(p) => p,
-        Err(e) => return deserialize_error(e),
+        Err(e) => return bad_body(e),
     };
     if params.snapshot_type.as_deref().is_some_and(|t| t != "Full") {
         return Response::fault(400, "only Full snapshots are supported");
@@ -165,7 +166,7 @@ fn create_snapshot(vm: &Vm, body: &[u8]) -> Response {
     }
 }
 
-/// Firecracker's InstanceActionInfo.
+/// Firecracker's InstanceActionInfo (both routers take it).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Action {
@@ -177,26 +178,19 @@ struct Action {
 fn action(vm: &Vm, body: &[u8]) -> Response {
     let action = match serde_json::from_slice::<Action>(body) {
         Ok(a) => a.action_type,
-        Err(e) => return deserialize_error(e),
+        Err(e) => return bad_body(e),
     };
     match action.as_str() {
         "SendCtrlAltDel" => {
             let Some(keyboard) = &vm.keyboard else {
                 return Response::fault(400, "this VM has no i8042 keyboard");
             };
-            let pressed = match keyboard.lock() {
-                Ok(mut k) => k.ctrl_alt_del().map_err(|e| e.to_string()),
-                Err(_) => Err("the i8042 device failed earlier".to_string()),
-            };
-            match pressed {
+            match gureum_devices::bus::lock(keyboard).ctrl_alt_del() {
                 Ok(()) => Response::no_content(),
                 Err(e) => Response::fault(400, format!("cannot press Ctrl+Alt+Del: {e}")),
             }
         }
-        "InstanceStart" => Response::fault(
-            400,
-            "The requested operation is not supported after starting the microVM.",
-        ),
+        "InstanceStart" => Response::fault(400, STARTED),
         "FlushMetrics" => Response::fault(
             400,
             "no metrics file is configured: gureum keeps no metrics (--phases prints its timings)",
@@ -217,12 +211,7 @@ struct VmState {
 fn patch_vm(vm: &Vm, body: &[u8]) -> Response {
     let state = match serde_json::from_slice::<VmState>(body) {
         Ok(s) => s.state,
-        Err(e) => {
-            return Response::fault(
-                400,
-                format!("An error occurred when deserializing the json body of a request: {e}."),
-            );
-        }
+        Err(e) => return bad_body(e),
     };
     let done = match state.as_str() {
         "Paused" => vm.control.gate.pause(vm.pause_within),

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value, json};
 
 use super::http::{Request, Response};
-use super::{Routes, bad_path};
+use super::{Action, Routes, bad_body, bad_path};
 use crate::config::{FirecrackerConfig, VmOverrides};
 use crate::snapshot::RestoreFrom;
 use crate::vmm::Vmm;
@@ -81,13 +81,6 @@ impl Routes for Setup {
     }
 }
 
-fn bad_body(e: impl std::fmt::Display) -> Response {
-    Response::fault(
-        400,
-        format!("An error occurred when deserializing the json body of a request: {e}."),
-    )
-}
-
 impl Setup {
     /// The file as it stands, checked as `--config` checks a file.
     fn config(&self) -> Result<FirecrackerConfig, String> {
@@ -115,6 +108,12 @@ impl Setup {
             Ok(v) => v,
             Err(e) => return bad_body(e),
         };
+        self.set(name, value)
+    }
+
+    /// Puts `value` in as section `name` if the whole then still reads as a config; else
+    /// leaves the section as it was.
+    fn set(&mut self, name: &str, value: Value) -> Response {
         let old = self.file.insert(name.into(), value);
         match self.config() {
             Ok(_) => Response::no_content(),
@@ -149,32 +148,15 @@ impl Setup {
         if value[key].as_str() != id {
             return Response::fault(400, format!("the path's id and the body's {key} differ"));
         }
-        let old = self.file.get(list).cloned();
-        let mut items: Vec<Value> = old
-            .as_ref()
+        let mut items: Vec<Value> = (self.file.get(list))
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();
         items.retain(|i| i[key] != value[key]);
         items.push(value);
-        self.file.insert(list.into(), Value::Array(items));
-        match self.config() {
-            Ok(_) => Response::no_content(),
-            Err(e) => {
-                match old {
-                    Some(old) => self.file.insert(list.into(), old),
-                    None => self.file.remove(list),
-                };
-                bad_body(e)
-            }
-        }
+        self.set(list, Value::Array(items))
     }
 
     fn action(&mut self, body: &[u8]) -> Response {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Action {
-            action_type: String,
-        }
         let action = match serde_json::from_slice::<Action>(body) {
             Ok(a) => a.action_type,
             Err(e) => return bad_body(e),
